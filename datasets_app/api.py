@@ -1,0 +1,7 @@
+"""Dataset endpoints."""
+
+from __future__ import annotations
+
+from ninja import Router
+
+router = Router(tags=["datasets"])

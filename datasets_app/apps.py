@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class DatasetsConfig(AppConfig):
+    name = "datasets_app"
+    label = "datasets"
+    verbose_name = "Datasets"
+
+    def ready(self) -> None:
+        from datasets_app import tasks  # noqa: F401  (registers actors with the broker)

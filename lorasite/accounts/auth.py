@@ -1,0 +1,67 @@
+"""API and websocket authentication: `Authorization: Bearer <token>` or the browser session."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from ninja.security import HttpBearer, django_auth
+
+from lorasite.accounts.models import ApiToken
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request, token: str):
+        user = ApiToken.authenticate(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+# Tried in order: scripts send a token, browsers send the session cookie (with CSRF on writes).
+API_AUTH = [BearerToken(), django_auth]
+
+
+class BearerTokenWebsocketMiddleware:
+    """Lets scripts open websockets with `Authorization: Bearer <token>` instead of a session cookie.
+
+    Runs inside AuthMiddlewareStack, so a token only replaces an anonymous session user.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            raw = _bearer_from_headers(scope.get("headers", []))
+            if raw is not None:
+                user = await database_sync_to_async(ApiToken.authenticate)(raw)
+                scope = dict(scope, user=user or AnonymousUser())
+        return await self.inner(scope, receive, send)
+
+
+def _bearer_from_headers(headers) -> str | None:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            text = value.decode("latin-1")
+            scheme, _, credential = text.partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                return credential.strip()
+    return None
+
+
+class WebsocketOriginValidator(OriginValidator):
+    """Browsers always send Origin on websockets, so a foreign Origin (cross-site hijacking of the
+    session cookie) is refused. Scripts send none and authenticate with a bearer token instead."""
+
+    def __init__(self, application):
+        allowed = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not allowed:
+            allowed = ["localhost", "127.0.0.1", "[::1]"]
+        super().__init__(application, allowed)
+
+    def valid_origin(self, parsed_origin):
+        if parsed_origin is None:
+            return True
+        return self.validate_origin(parsed_origin)

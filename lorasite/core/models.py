@@ -1,0 +1,20 @@
+"""Operational records: probes an operator sends to find out which queues have a live worker."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class WorkerProbe(models.Model):
+    """A message sent to one queue; the worker that consumes it stamps it, proving the queue is served."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    queue = models.CharField(max_length=32)
+    sent_at = models.DateTimeField(auto_now_add=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    answered_by = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"probe {self.id} on {self.queue}"

@@ -1,0 +1,65 @@
+"""Publishing to websocket groups from any thread: request handlers, actors, the trainer's reporter.
+
+Group names: `team.<team uuid>`, `job.<job uuid>`, `dataset.<dataset uuid>`. Consumers relay the
+payload unchanged, so the payload is exactly the JSON the browser receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
+
+RELAY_TYPE = "relay.message"
+_embedded_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def team_group(team_uuid) -> str:
+    return f"team.{team_uuid}"
+
+
+def job_group(job_uuid) -> str:
+    return f"job.{job_uuid}"
+
+
+def dataset_group(dataset_uuid) -> str:
+    return f"dataset.{dataset_uuid}"
+
+
+def register_embedded_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """In embedded mode the in-memory channel layer lives on the server's event loop; worker threads
+    must hand their messages to that loop, since asyncio queues are not thread-safe."""
+    global _embedded_loop
+    with _loop_lock:
+        _embedded_loop = loop
+
+
+def publish(group: str, payload: dict[str, Any]) -> None:
+    """Send `payload` to every websocket in `group`. Never raises: progress is best-effort, the
+    database stays the source of truth and clients re-sync from a snapshot."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": RELAY_TYPE, "payload": payload}
+    try:
+        loop = _embedded_loop
+        if loop is not None and loop.is_running():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                loop.create_task(layer.group_send(group, message))
+            else:
+                asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
+            return
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:
+        logger.warning("could not publish to %s", group, exc_info=True)

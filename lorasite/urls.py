@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+from lorasite.accounts import views as account_views
+from lorasite.api import api
+from lorasite.health import healthz
+
+urlpatterns = [
+    path("", account_views.dashboard, name="dashboard"),
+    path("teams/<slug:slug>/", account_views.team_dashboard, name="team-dashboard"),
+    path("settings/tokens/", account_views.tokens, name="settings-tokens"),
+    path("settings/tokens/<uuid:token_id>/revoke/", account_views.revoke_token, name="settings-token-revoke"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    path("api/", api.urls),
+    path("healthz", healthz, name="healthz"),
+]

@@ -1,0 +1,100 @@
+"""Helpers for tests that use real services and real subprocesses (workers, daphne)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Fail loudly in CI, skip with the reason elsewhere, when a service is not listening."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return
+    except OSError as exc:
+        message = f"{name} is not reachable on {host}:{port} ({exc})"
+        if IN_CI:
+            pytest.fail(message + "; CI must have it running")
+        pytest.skip(message)
+
+
+def require_redis() -> str:
+    require_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"process exited with {process.returncode} before listening:\n{out}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+
+
+def database_url() -> str:
+    """A DATABASE_URL for the database this test run is using, for subprocesses."""
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """The environment a production process would get, pointed at this test run's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="lorasite.settings",
+        DATABASE_URL=database_url(),
+        SECRET_KEY="tests-only-not-secret",
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        LORASITE_VAR_DIR=str(settings.VAR_DIR),
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+    )
+    env.pop("LORASITE_BROKER", None)
+    env.update(extra)
+    return env
+
+
+def start_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> str:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.stdout.read() if process.stdout else ""
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)

@@ -1,0 +1,5 @@
+"""Websocket routes for job groups (`job.<uuid>`)."""
+
+from __future__ import annotations
+
+websocket_urlpatterns: list = []
