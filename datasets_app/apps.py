@@ -9,4 +9,4 @@ class DatasetsConfig(AppConfig):
     verbose_name = "Datasets"
 
     def ready(self) -> None:
-        from datasets_app import tasks  # noqa: F401  (registers actors with the broker)
+        from datasets_app import storage, tasks  # noqa: F401  (storage: blob collector signal; tasks: actors)

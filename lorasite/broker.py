@@ -78,6 +78,9 @@ def build_broker(kind: str | None = None) -> dramatiq.Broker:
         broker = StubBroker()
         broker.emit_after("process_boot")
     broker.add_middleware(DjangoConnections())
+    from lorasite.core.workers import WorkerPresence
+
+    broker.add_middleware(WorkerPresence())
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -133,13 +133,24 @@ X_FRAME_OPTIONS = "DENY"
 # Broker: chosen in lorasite/broker.py from the same variables; kept here for /healthz and docs.
 LORASITE_BROKER = env_str("LORASITE_BROKER", "redis" if REDIS_URL else "rabbitmq" if RABBITMQ_URL else "stub")
 EMBEDDED_WORKER_THREADS = env_int("EMBEDDED_WORKER_THREADS", 2, minimum=1)
+WORKER_CHECKIN_SECONDS = env_int("WORKER_CHECKIN_SECONDS", 15, minimum=1)
+
+# Training jobs
+LORASITE_MODELS_DIR = Path(env_str("LORASITE_MODELS_DIR", str(VAR_DIR / "models")))
+JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 10, minimum=1)
+JOB_STALE_AFTER_SECONDS = env_int("JOB_STALE_AFTER_SECONDS", 120, minimum=2)
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOB_REDISPATCH_AFTER_SECONDS = env_int("JOB_REDISPATCH_AFTER_SECONDS", 300, minimum=1)
+JOB_TIME_LIMIT_HOURS = env_int("JOB_TIME_LIMIT_HOURS", 48, minimum=1)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # Progress streams are bounded and snapshot-able, but give slow consumers some slack.
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30,
+            # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis' 5 s
+            # BZPOPMIN: the two race and the read times out, killing the consumer. Read longer.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30,
                        "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi")},
         }
     }
@@ -154,3 +165,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }
+
+# Datasets: upload limits (see docs/datasets.md). The pixel limit guards against decompression bombs:
+# it is checked from the image header before any pixel is decoded.
+DATASET_MAX_FILE_BYTES = env_int("DATASET_MAX_FILE_BYTES", 50 * 1024 * 1024, minimum=1)
+DATASET_MAX_IMAGE_PIXELS = env_int("DATASET_MAX_IMAGE_PIXELS", 64_000_000, minimum=1)
+DATASET_MAX_ARCHIVE_BYTES = env_int("DATASET_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024, minimum=1)
+DATASET_MAX_ARCHIVE_MEMBERS = env_int("DATASET_MAX_ARCHIVE_MEMBERS", 10_000, minimum=1)
+DATASET_MAX_ARCHIVE_TOTAL_BYTES = env_int("DATASET_MAX_ARCHIVE_TOTAL_BYTES", 4 * 1024 * 1024 * 1024, minimum=1)
+DATASET_MAX_MEMBER_RATIO = env_int("DATASET_MAX_MEMBER_RATIO", 200, minimum=1)
+DATASET_NEAR_DUPLICATE_DISTANCE = env_int("DATASET_NEAR_DUPLICATE_DISTANCE", 6, minimum=0)

@@ -1,7 +1,212 @@
-"""Training endpoints."""
+"""Training endpoints: presets, estimates, base models, backends, jobs and their files."""
 
 from __future__ import annotations
 
-from ninja import Router
+from pathlib import Path
+from uuid import UUID
+
+from django.conf import settings
+from django.db.models import Q
+from django.http import FileResponse
+from ninja import Query, Router, Status
+
+from datasets_app.models import Dataset
+from datasets_app.snapshot import build_snapshot
+from lorasite.accounts import access
+from lorasite.errors import InvalidInput, NotFound
+from training_app import services
+from training_app.backends.registry import all_backends, get_backend
+from training_app.estimates import effective_repeats, estimate, planned_total_steps
+from training_app.models import Artifact, ArtifactKind, BaseModel, JobStatus, TrainingJob
+from training_app.presets import PRESETS
+from training_app.progress import artifact_url
+from training_app.schemas import (
+    ActionIn,
+    ArtifactOut,
+    BackendOut,
+    BaseModelOut,
+    EstimateIn,
+    EstimateOut,
+    EventsOut,
+    JobDetailOut,
+    JobIn,
+    JobOut,
+    LogLineOut,
+    LossPointOut,
+    PresetOut,
+)
 
 router = Router(tags=["training"])
+
+
+@router.get("/presets", response=list[PresetOut])
+def list_presets(request):
+    return [PresetOut(name=name, description=p["description"], families=p["families"], config=p["config"])
+            for name, p in PRESETS.items()]
+
+
+@router.get("/backends", response=list[BackendOut])
+def list_backends(request):
+    out = []
+    for backend in all_backends():
+        available, detail = backend.availability()
+        out.append(BackendOut(name=backend.name, label=backend.label, queue=backend.queue,
+                              families=list(backend.families), paid=backend.paid, available=available, detail=detail))
+    return out
+
+
+@router.get("/base-models", response=list[BaseModelOut])
+def list_base_models(request, team: str | None = None):
+    if team:
+        teams = [access.get_team(request.user, team)]
+    else:
+        teams = list(access.teams_for(request.user))
+    models = BaseModel.objects.filter(enabled=True).filter(Q(team__isnull=True) | Q(team__in=teams))
+    return [BaseModelOut(id=m.uuid, name=m.name, family=m.family, description=m.description,
+                         available=True, detail="") for m in models]
+
+
+@router.post("/estimate", response=EstimateOut)
+def post_estimate(request, payload: EstimateIn):
+    dataset = None
+    if payload.dataset_id:
+        dataset = access.get_visible(Dataset.objects.all(), request.user, uuid=payload.dataset_id)
+    cfg = services.build_config(payload.preset, payload.config, dataset)
+    family, tiny = payload.family, False
+    if payload.base_model:
+        teams = [dataset.team] if dataset else list(access.teams_for(request.user))
+        model = BaseModel.objects.filter(Q(team__isnull=True) | Q(team__in=teams), name=payload.base_model).first()
+        if model is None:
+            raise InvalidInput(f"Unknown base model {payload.base_model!r}.",
+                               [{"loc": ["base_model"], "msg": "no such base model"}])
+        family, tiny = model.family, model.name.startswith("tiny-")
+    family = family or "sd15"
+    backend = get_backend(payload.backend)
+    if dataset is not None:
+        images = build_snapshot(dataset)["images"]
+        count, samples = len(images), sum(effective_repeats(i, cfg) for i in images)
+    elif payload.image_count:
+        count, samples, images = payload.image_count, None, []
+    else:
+        raise InvalidInput("Give a dataset_id or an image_count.", [{"loc": ["image_count"], "msg": "required"}])
+    result = estimate(cfg, count, family, gpu=payload.gpu, paid=backend.paid, tiny=tiny, repeats_total=samples,
+                      total_steps=planned_total_steps(cfg, images) if dataset is not None else None)
+    return EstimateOut(**result.__dict__)
+
+
+def job_out(job: TrainingJob) -> dict:
+    return {
+        "id": job.uuid, "name": job.name, "team": job.team.slug, "dataset_id": job.dataset.uuid if job.dataset else None,
+        "base_model": job.base_model.name, "backend": job.backend, "preset": job.preset, "status": job.status,
+        "step": job.step, "total_steps": job.total_steps, "percent": job.percent, "loss": job.loss,
+        "avg_loss": job.avg_loss, "lr": job.lr, "eta_seconds": job.eta_seconds, "error": job.error,
+        "priority": job.priority, "attempts": job.attempts, "image_count": job.image_count,
+        "created_by": job.created_by.username if job.created_by else None, "created_at": job.created_at,
+        "started_at": job.started_at, "finished_at": job.finished_at, "config": job.config,
+    }
+
+
+def job_detail(job: TrainingJob) -> JobDetailOut:
+    return JobDetailOut(**job_out(job), snapshot_sha256=job.snapshot_sha256, snapshot=job.snapshot,
+                        queue_position=services.queue_position(job))
+
+
+@router.post("/jobs", response={201: JobDetailOut})
+def create_job(request, payload: JobIn):
+    job = services.submit_job(request.user, dataset_id=payload.dataset_id, base_model=payload.base_model,
+                              backend=payload.backend, preset=payload.preset, config=payload.config,
+                              name=payload.name, priority=payload.priority)
+    return Status(201, job_detail(services.get_job(request.user, job.uuid)))
+
+
+@router.get("/jobs", response=list[JobOut])
+def list_jobs(request, status: str | None = None, team: str | None = None, limit: int = Query(100, ge=1, le=500)):
+    jobs = access.visible(TrainingJob.objects.select_related("team", "base_model", "dataset", "created_by"),
+                          request.user)
+    if team:
+        jobs = jobs.filter(team=access.get_team(request.user, team))
+    if status:
+        wanted = [s.strip() for s in status.split(",") if s.strip()]
+        unknown = sorted(set(wanted) - set(JobStatus.values))
+        if unknown:
+            raise InvalidInput(f"Unknown status {', '.join(unknown)}; statuses are {', '.join(JobStatus.values)}.")
+        jobs = jobs.filter(status__in=wanted)
+    return [job_out(j) for j in jobs.distinct().order_by("-created_at")[:limit]]
+
+
+@router.get("/jobs/{job_id}", response=JobDetailOut)
+def get_job(request, job_id: UUID):
+    return job_detail(services.get_job(request.user, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response=JobDetailOut)
+def cancel_job(request, job_id: UUID):
+    services.cancel_job(request.user, job_id)
+    return job_detail(services.get_job(request.user, job_id))
+
+
+@router.post("/jobs/{job_id}/retry", response=JobDetailOut)
+def retry_job(request, job_id: UUID):
+    services.retry_job(request.user, job_id)
+    return job_detail(services.get_job(request.user, job_id))
+
+
+@router.post("/jobs/{job_id}/actions", response={202: JobDetailOut})
+def job_action(request, job_id: UUID, payload: ActionIn):
+    services.request_action(request.user, job_id, payload.action)
+    return Status(202, job_detail(services.get_job(request.user, job_id)))
+
+
+@router.get("/jobs/{job_id}/events", response=EventsOut)
+def job_events(request, job_id: UUID, since_step: int = Query(0, ge=0), max_points: int = Query(2000, ge=10, le=20000),
+               log_lines: int = Query(200, ge=0, le=2000)):
+    from training_app.charts import downsampled_loss_points
+
+    job = services.get_job(request.user, job_id)
+    points = downsampled_loss_points(job, since_step=since_step, max_points=max_points)
+    logs = list(job.logs.order_by("-id")[:log_lines])[::-1]
+    return EventsOut(loss_points=[LossPointOut(step=p.step, loss=p.loss, lr=p.lr, at=p.at) for p in points],
+                     logs=[LogLineOut(line=log.line, at=log.at) for log in logs])
+
+
+def artifact_out(artifact: Artifact) -> ArtifactOut:
+    return ArtifactOut(id=artifact.uuid, kind=artifact.kind, filename=Path(artifact.path).name,
+                       size_bytes=artifact.size_bytes, sha256=artifact.sha256, step=artifact.step,
+                       prompt=artifact.prompt, url=artifact_url(artifact), created_at=artifact.created_at)
+
+
+@router.get("/jobs/{job_id}/artifacts", response=list[ArtifactOut])
+def job_artifacts(request, job_id: UUID):
+    job = services.get_job(request.user, job_id)
+    return [artifact_out(a) for a in job.artifacts.select_related("job")]
+
+
+def _file_response(artifact: Artifact) -> FileResponse:
+    root = Path(settings.MEDIA_ROOT).resolve()
+    path = (root / artifact.path).resolve()
+    if root not in path.parents or not path.is_file():
+        raise NotFound("That file is no longer stored.")
+    return FileResponse(open(path, "rb"), as_attachment=artifact.kind != ArtifactKind.SAMPLE,
+                        filename=path.name)
+
+
+@router.get("/jobs/{job_id}/artifacts/{artifact_id}/download")
+def download_artifact(request, job_id: UUID, artifact_id: UUID):
+    job = services.get_job(request.user, job_id)
+    artifact = job.artifacts.filter(uuid=artifact_id).first()
+    if artifact is None or artifact.kind == ArtifactKind.CHECKPOINT:
+        raise NotFound()
+    return _file_response(artifact)
+
+
+@router.get("/jobs/{job_id}/weights")
+def download_weights(request, job_id: UUID, layout: str = "kohya"):
+    kinds = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS}
+    if layout not in kinds:
+        raise InvalidInput("layout must be kohya or diffusers", [{"loc": ["layout"], "msg": "kohya or diffusers"}])
+    job = services.get_job(request.user, job_id)
+    artifact = job.artifacts.filter(kind=kinds[layout]).order_by("-created_at").first()
+    if artifact is None:
+        raise NotFound("This job has no LoRA file yet.")
+    return _file_response(artifact)
+

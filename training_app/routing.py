@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from training_app.consumers import JobConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),
+]

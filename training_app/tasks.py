@@ -1,3 +1,34 @@
-"""Dramatiq actors for training jobs (`gpu` queue for local, `remote` for remote backends)."""
+"""Dramatiq actors for training jobs: `gpu` for the local backend, `remote` for remote backends.
+
+Actors take the job's UUID, never objects. No blind retries: a lost job is found by the reaper
+(stale heartbeat) and resumes from its checkpoint; the time limit is a last resort.
+"""
 
 from __future__ import annotations
+
+import dramatiq
+from django.conf import settings
+
+_TIME_LIMIT_MS = settings.JOB_TIME_LIMIT_HOURS * 3600 * 1000
+
+
+@dramatiq.actor(queue_name="gpu", max_retries=0, time_limit=_TIME_LIMIT_MS)
+def run_local_job(job_uuid: str) -> None:
+    from training_app.runner import execute_job
+
+    execute_job(job_uuid)
+
+
+@dramatiq.actor(queue_name="remote", max_retries=0, time_limit=_TIME_LIMIT_MS)
+def run_remote_job(job_uuid: str) -> None:
+    from training_app.runner import execute_job
+
+    execute_job(job_uuid)
+
+
+@dramatiq.actor(queue_name="default", max_retries=0, time_limit=120_000)
+def maintain_jobs() -> None:
+    from training_app.dispatch import reap_lost_jobs, reconcile_queued_jobs
+
+    reap_lost_jobs()
+    reconcile_queued_jobs()

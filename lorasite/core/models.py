@@ -18,3 +18,20 @@ class WorkerProbe(models.Model):
 
     def __str__(self) -> str:
         return f"probe {self.id} on {self.queue}"
+
+
+class WorkerNode(models.Model):
+    """A running worker process; it checks in periodically so the portal can show who is online."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="host:pid")
+    hostname = models.CharField(max_length=200)
+    queues = models.JSONField(default=list)
+    device = models.CharField(max_length=100, blank=True)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,83 @@
+"""Django admin for datasets: image list with thumbnails, captions editable in the list (as new
+versions), filters, bulk approve/reject, and the caption history inline."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from datasets_app.captions import set_caption
+from datasets_app.models import Caption, Dataset, DatasetImage, ReviewState
+from datasets_app.services import set_review_state
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "trigger_word", "default_resolution", "created_by", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["name", "trigger_word"]
+    readonly_fields = ["uuid", "created_by", "created_at", "updated_at"]
+
+
+class CaptionHistoryInline(admin.TabularInline):
+    model = Caption
+    fields = ["text", "source", "provider_model", "created_by", "created_at", "is_current"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["-id"]
+    verbose_name_plural = "Caption history (newest first)"
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DatasetImage)
+class DatasetImageAdmin(admin.ModelAdmin):
+    list_display = ["thumbnail", "original_name", "dataset", "review_state", "caption", "width", "height"]
+    list_display_links = ["thumbnail", "original_name"]
+    list_editable = ["caption"]
+    list_filter = ["dataset", "review_state"]
+    list_select_related = ["dataset__team", "blob"]
+    search_fields = ["original_name", "caption", "sha256"]
+    list_per_page = 50
+    actions = ["approve", "reject"]
+    inlines = [CaptionHistoryInline]
+    fields = ["preview", "dataset", "original_name", "caption", "review_state", "repeats", "reviewed_by",
+              "reviewed_at", "sha256", "phash", "near_duplicate_of", "width", "height", "format", "size_bytes"]
+    readonly_fields = ["preview", "dataset", "original_name", "reviewed_by", "reviewed_at", "sha256", "phash",
+                       "near_duplicate_of", "width", "height", "format", "size_bytes"]
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj: DatasetImage):
+        return format_html('<img src="{}" alt="" style="max-height:64px;max-width:96px">',
+                           reverse("datasets:image-thumbnail", args=[obj.uuid]))
+
+    @admin.display(description="Preview")
+    def preview(self, obj: DatasetImage):
+        return format_html('<img src="{}" alt="" style="max-height:256px">',
+                           reverse("datasets:image-thumbnail", args=[obj.uuid]))
+
+    def save_model(self, request, obj: DatasetImage, form, change) -> None:
+        # The caption goes through set_caption so the edit becomes a new version in the history.
+        if change and "caption" in form.changed_data:
+            set_caption(obj, form.cleaned_data["caption"], request.user)
+        if change and "review_state" in form.changed_data:
+            set_review_state([obj], form.cleaned_data["review_state"], request.user)
+            obj.refresh_from_db(fields=["reviewed_by", "reviewed_at"])
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Approve selected images")
+    def approve(self, request, queryset):
+        changed = set_review_state(queryset, ReviewState.APPROVED, request.user)
+        self.message_user(request, f"{changed} images approved.")
+
+    @admin.action(description="Reject selected images")
+    def reject(self, request, queryset):
+        changed = set_review_state(queryset, ReviewState.REJECTED, request.user)
+        self.message_user(request, f"{changed} images rejected.")
+
+    def has_add_permission(self, request) -> bool:
+        # Images come in through the upload paths, which validate and deduplicate them.
+        return False

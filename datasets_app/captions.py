@@ -1,0 +1,152 @@
+"""Captions: setting one (a new version each time), dataset-wide caption tools, and undoing a tool run.
+
+These functions are the only writers of `DatasetImage.caption`, the copy of the current text.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import QuerySet
+
+from datasets_app.models import Caption, CaptionSource, Dataset, DatasetImage
+from lorasite.errors import InvalidInput
+
+MAX_CAPTION_CHARS = 10_000
+TOOLS = ("add_trigger", "replace", "clean_whitespace", "truncate", "append_tags")
+
+
+def set_caption(image: DatasetImage, text: str, user=None, source: str = CaptionSource.MANUAL,
+                provider_model: str = "", batch: uuid.UUID | None = None) -> Caption | None:
+    """Make `text` the image's current caption, keeping the previous one as history.
+
+    Returns the new Caption, or None when the text is unchanged (no empty versions in the history).
+    """
+    if len(text) > MAX_CAPTION_CHARS:
+        raise InvalidInput(f"A caption may have at most {MAX_CAPTION_CHARS} characters.",
+                           [{"loc": ["caption"], "msg": "too long"}])
+    with transaction.atomic():
+        locked = DatasetImage.objects.select_for_update().only("pk", "caption").get(pk=image.pk)
+        if locked.caption == text:
+            image.caption = text
+            return None
+        Caption.objects.filter(image=image, is_current=True).update(is_current=False)
+        caption = Caption.objects.create(image=image, text=text, source=source, provider_model=provider_model,
+                                         created_by=user, batch=batch, is_current=True)
+        DatasetImage.objects.filter(pk=image.pk).update(caption=text)
+    image.caption = text
+    return caption
+
+
+def caption_history(image: DatasetImage) -> QuerySet[Caption]:
+    return Caption.objects.filter(image=image).select_related("created_by").order_by("-id")
+
+
+def restore_caption(image: DatasetImage, caption_id: int, user) -> Caption | None:
+    """Make an older version current again, as a new version (the history only grows)."""
+    old = Caption.objects.filter(image=image, pk=caption_id).first()
+    if old is None:
+        raise InvalidInput("That caption version does not belong to this image.")
+    return set_caption(image, old.text, user, source=old.source, provider_model=old.provider_model)
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """One dataset-wide caption edit. Fields not used by `tool` are ignored."""
+
+    tool: str
+    find: str = ""
+    replace: str = ""
+    max_length: int = 0
+    tags: str = ""
+    review_state: str = ""
+
+
+def apply_tool(request: ToolRequest, caption: str, trigger_word: str) -> str:
+    """The caption after the tool; pure, so a preview and the real run agree."""
+    if request.tool == "add_trigger":
+        if not trigger_word:
+            raise InvalidInput("This dataset has no trigger word yet; set one first.")
+        tags = _split_tags(caption)
+        if trigger_word in tags or re.search(rf"(^|\W){re.escape(trigger_word)}(\W|$)", caption):
+            return caption
+        return f"{trigger_word}, {caption}" if caption else trigger_word
+    if request.tool == "replace":
+        if not request.find:
+            raise InvalidInput("Say what to find.", [{"loc": ["find"], "msg": "required"}])
+        return caption.replace(request.find, request.replace)
+    if request.tool == "clean_whitespace":
+        text = " ".join(caption.split())
+        text = re.sub(r"\s+([,.;:])", r"\1", text)
+        text = re.sub(r",(?=\S)", ", ", text)
+        return re.sub(r"(,\s*)+,", ",", text).strip(" ,")
+    if request.tool == "truncate":
+        if request.max_length <= 0:
+            raise InvalidInput("Give a maximum length above zero.", [{"loc": ["max_length"], "msg": "required"}])
+        if len(caption) <= request.max_length:
+            return caption
+        cut = caption[:request.max_length]
+        # Prefer to cut at a tag or word boundary, so no half-word ends up in the caption.
+        boundary = max(cut.rfind(","), cut.rfind(" "))
+        return (cut[:boundary] if boundary > request.max_length // 2 else cut).rstrip(" ,")
+    if request.tool == "append_tags":
+        new = [t for t in _split_tags(request.tags) if t]
+        if not new:
+            raise InvalidInput("Give the tags to append.", [{"loc": ["tags"], "msg": "required"}])
+        existing = _split_tags(caption)
+        missing = [t for t in new if t not in existing]
+        if not missing:
+            return caption
+        return ", ".join([caption.rstrip(" ,"), *missing]) if caption.strip() else ", ".join(missing)
+    raise InvalidInput(f"Unknown caption tool {request.tool!r}; use one of {', '.join(TOOLS)}.",
+                       [{"loc": ["tool"], "msg": "unknown"}])
+
+
+def run_tool(dataset: Dataset, request: ToolRequest, user) -> dict:
+    """Apply a tool to every image (optionally of one review state); each change is a new version
+    tagged with one batch id, which `undo_batch` reverts."""
+    apply_tool(request, "", dataset.trigger_word)  # bad parameters fail before anything changes
+    batch = uuid.uuid4()
+    images = DatasetImage.objects.filter(dataset=dataset).only("pk", "caption").order_by("pk")
+    if request.review_state:
+        images = images.filter(review_state=request.review_state)
+    with transaction.atomic():
+        # Bulk writes: a tool run touches thousands of images, and a version per image per query
+        # would take seconds. The row locks keep concurrent single edits from interleaving.
+        changed = []
+        for image in images.select_for_update():
+            new = apply_tool(request, image.caption, dataset.trigger_word)
+            if new != image.caption:
+                image.caption = new
+                changed.append(image)
+        if changed:
+            Caption.objects.filter(image__in=changed, is_current=True).update(is_current=False)
+            Caption.objects.bulk_create([
+                Caption(image=image, text=image.caption, source=CaptionSource.TOOL, created_by=user,
+                        batch=batch, is_current=True) for image in changed])
+            DatasetImage.objects.bulk_update(changed, ["caption"], batch_size=500)
+    return {"batch": str(batch) if changed else None, "changed": len(changed)}
+
+
+def undo_batch(dataset: Dataset, batch: uuid.UUID, user) -> dict:
+    """Put back the caption each image had before a tool run, unless it was edited again since."""
+    restored = skipped = 0
+    with transaction.atomic():
+        for caption in Caption.objects.filter(batch=batch, image__dataset=dataset).select_related("image"):
+            if not caption.is_current:
+                skipped += 1
+                continue
+            previous = (Caption.objects.filter(image=caption.image, pk__lt=caption.pk).order_by("-pk")
+                        .values_list("text", flat=True).first()) or ""
+            set_caption(caption.image, previous, user, source=CaptionSource.MANUAL)
+            restored += 1
+    if not restored and not skipped:
+        raise InvalidInput("No caption tool run with that id in this dataset.")
+    return {"restored": restored, "skipped_edited_since": skipped}
+
+
+def _split_tags(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",")]

@@ -1,0 +1,112 @@
+"""Datasets, their images (bytes stored once per sha256) and the caption history of each image."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Dataset(models.Model):
+    uuid = models.UUIDField(default=uuid4, unique=True, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True, default="")
+    trigger_word = models.CharField(max_length=100, blank=True, default="",
+                                    help_text="Token the LoRA learns; kohya export names its folder after it.")
+    default_resolution = models.PositiveIntegerField(default=512)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="dataset_name_unique_in_team")]
+        ordering = ["team__slug", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.team.slug}/{self.name}"
+
+
+class ReviewState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class StoredBlob(models.Model):
+    """One file on disk per distinct content; datasets share it. The last reference deletes it."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    file = models.FileField(max_length=200)
+    thumbnail = models.FileField(max_length=200, blank=True)
+    format = models.CharField(max_length=10)
+    size_bytes = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.sha256[:12]
+
+
+class DatasetImage(models.Model):
+    uuid = models.UUIDField(default=uuid4, unique=True, editable=False)
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="images")
+    # PROTECT: a blob goes away only through the reference-counting path in storage.py.
+    blob = models.ForeignKey(StoredBlob, on_delete=models.PROTECT, related_name="images")
+    sha256 = models.CharField(max_length=64)
+    phash = models.CharField(max_length=16, blank=True, default="",
+                             help_text="64-bit difference hash in hex; a small Hamming distance means near-duplicate.")
+    near_duplicate_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                          related_name="near_duplicates")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=10)
+    size_bytes = models.PositiveBigIntegerField()
+    original_name = models.CharField(max_length=255, blank=True, default="")
+    review_state = models.CharField(max_length=10, choices=ReviewState.choices, default=ReviewState.PENDING)
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    repeats = models.PositiveIntegerField(default=1)
+    # A copy of the current Caption's text so lists and training snapshots need no join; only the
+    # caption functions in captions.py write it.
+    caption = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["dataset", "sha256"], name="image_bytes_once_per_dataset")]
+        indexes = [models.Index(fields=["dataset", "review_state", "id"], name="image_by_state")]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.original_name or self.sha256[:12]
+
+
+class CaptionSource(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    IMPORT = "import", "Import"
+    PROVIDER = "provider", "Captioning provider"
+    TOOL = "tool", "Caption tool"
+
+
+class Caption(models.Model):
+    image = models.ForeignKey(DatasetImage, on_delete=models.CASCADE, related_name="captions")
+    text = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=10, choices=CaptionSource.choices, default=CaptionSource.MANUAL)
+    provider_model = models.CharField(max_length=200, blank=True, default="")
+    # Captions written by one dataset-wide tool run share a batch, so the run can be undone as one.
+    batch = models.UUIDField(null=True, blank=True, db_index=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    is_current = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image"], condition=Q(is_current=True),
+                                               name="one_current_caption_per_image")]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.text[:60]

@@ -1,0 +1,203 @@
+"""Dataset pages (list, grid, review mode) and the access-checked views that serve image bytes."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from datasets_app import queries, services
+from datasets_app.imaging import convert_format, open_image
+from datasets_app.models import DatasetImage, ReviewState
+from datasets_app.stats import dataset_stats
+from datasets_app.storage import media_path
+from lorasite.accounts import access
+from lorasite.accounts.auth import _bearer_from_headers
+from lorasite.accounts.models import ApiToken, Role
+from lorasite.errors import DomainError, NotFound, PermissionDenied
+
+GRID_PAGE_SIZE = 48
+# Formats every current browser shows in an <img>; others (TIFF) are converted on the way out.
+_BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif",
+                    "BMP": "image/bmp"}
+
+
+def _team_or_404(user, slug: str, needed: Role = Role.VIEWER):
+    try:
+        return access.get_team(user, slug, needed=needed)
+    except NotFound:
+        raise Http404("Team not found") from None
+    except PermissionDenied as exc:
+        raise DjangoPermissionDenied(exc.message) from None
+
+
+def _dataset_or_404(user, team, dataset_id, needed: Role = Role.VIEWER):
+    try:
+        dataset = queries.get_dataset(user, dataset_id, needed=needed)
+    except NotFound:
+        raise Http404("Dataset not found") from None
+    except PermissionDenied as exc:
+        raise DjangoPermissionDenied(exc.message) from None
+    if dataset.team_id != team.pk:
+        raise Http404("Dataset not found")
+    return dataset
+
+
+@login_required
+def dataset_list(request, slug: str):
+    team = _team_or_404(request.user, slug)
+    role = access.role_in(request.user, team)
+    if request.method == "POST":
+        team = _team_or_404(request.user, slug, needed=Role.MEMBER)
+        try:
+            dataset = services.create_dataset(team, request.user, request.POST.get("name", ""),
+                                              request.POST.get("description", ""),
+                                              request.POST.get("trigger_word", ""),
+                                              _resolution(request.POST.get("default_resolution")))
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            return redirect("datasets:detail", slug=team.slug, dataset_id=dataset.uuid)
+    datasets = queries.datasets_for(request.user, team)
+    return render(request, "datasets/list.html", {"team": team, "role": role, "datasets": datasets,
+                                                  "can_write": role.allows(Role.MEMBER)})
+
+
+@login_required
+def dataset_detail(request, slug: str, dataset_id):
+    team = _team_or_404(request.user, slug)
+    dataset = _dataset_or_404(request.user, team, dataset_id)
+    role = access.role_in(request.user, team)
+    state = request.GET.get("state", "")
+    state = state if state in ReviewState.values else ""
+    page = queries.image_page(dataset, state, _page(request.GET.get("page")), GRID_PAGE_SIZE)
+    context = {
+        "team": team, "dataset": dataset, "role": role, "can_write": role.allows(Role.MEMBER),
+        "state": state, "states": ReviewState.choices, "page": page, "stats": dataset_stats(dataset),
+        "page_json": json.dumps({"dataset": str(dataset.uuid), "state": state,
+                                 "resolution": dataset.default_resolution}, cls=DjangoJSONEncoder),
+    }
+    return render(request, "datasets/detail.html", context)
+
+
+@login_required
+def dataset_review(request, slug: str, dataset_id):
+    team = _team_or_404(request.user, slug)
+    dataset = _dataset_or_404(request.user, team, dataset_id)
+    role = access.role_in(request.user, team)
+    state = request.GET.get("state", ReviewState.PENDING)
+    state = state if state in ReviewState.values or state == "" else ReviewState.PENDING
+    config = {"dataset": str(dataset.uuid), "state": state, "canWrite": role.allows(Role.MEMBER)}
+    return render(request, "datasets/review.html", {
+        "team": team, "dataset": dataset, "role": role, "state": state, "states": ReviewState.choices,
+        "config_json": json.dumps(config)})
+
+
+@login_required
+@require_POST
+def dataset_edit(request, slug: str, dataset_id):
+    team = _team_or_404(request.user, slug)
+    dataset = _dataset_or_404(request.user, team, dataset_id, needed=Role.MEMBER)
+    try:
+        services.update_dataset(dataset, name=request.POST.get("name", dataset.name),
+                                description=request.POST.get("description", dataset.description),
+                                trigger_word=request.POST.get("trigger_word", dataset.trigger_word),
+                                default_resolution=_resolution(request.POST.get("default_resolution")))
+        messages.success(request, "Dataset saved.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("datasets:detail", slug=team.slug, dataset_id=dataset.uuid)
+
+
+@login_required
+@require_POST
+def dataset_delete(request, slug: str, dataset_id):
+    team = _team_or_404(request.user, slug)
+    dataset = _dataset_or_404(request.user, team, dataset_id, needed=Role.MEMBER)
+    try:
+        services.delete_dataset(dataset)
+        messages.success(request, f"Dataset “{dataset.name}” deleted.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("datasets:detail", slug=team.slug, dataset_id=dataset.uuid)
+    return redirect("datasets:list", slug=team.slug)
+
+
+def image_thumbnail(request, image_id):
+    image = _image_for_request(request, image_id)
+    return _serve(image.blob.thumbnail.name, "image/jpeg")
+
+
+def image_file(request, image_id):
+    """The original bytes; formats browsers cannot show (TIFF) come as PNG unless `?download=1`."""
+    image = _image_for_request(request, image_id)
+    name = image.blob.file.name
+    if image.format in _BROWSER_FORMATS or request.GET.get("download"):
+        response = _serve(name, _BROWSER_FORMATS.get(image.format, "application/octet-stream"))
+        if request.GET.get("download"):
+            response["Content-Disposition"] = f'attachment; filename="{image.sha256[:16]}.{name.rsplit(".", 1)[-1]}"'
+        return response
+    try:
+        png = convert_format(open_image(media_path(name)), "PNG")
+    except OSError:
+        raise Http404("Image file missing") from None
+    response = HttpResponse(png, content_type="image/png")
+    return _private(response)
+
+
+def _image_for_request(request, image_id):
+    """Session users, bearer-token scripts and staff with the admin's view permission may read;
+    everyone else gets the same 404 as for a missing image."""
+    user = request.user
+    if not user.is_authenticated:
+        raw = _bearer_from_headers([(k.encode(), v.encode()) for k, v in request.headers.items()])
+        user = ApiToken.authenticate(raw) if raw else None
+        if user is None:
+            raise Http404("Image not found")
+    if user.has_perm("datasets.view_datasetimage"):
+        image = DatasetImage.objects.select_related("blob").filter(uuid=image_id).first()
+        if image is None:
+            raise Http404("Image not found")
+        return image
+    try:
+        return queries.get_image(user, image_id)
+    except NotFound:
+        raise Http404("Image not found") from None
+
+
+def _serve(name: str, content_type: str):
+    path = media_path(name)
+    try:
+        handle = open(path, "rb")  # FileResponse closes it
+    except OSError:
+        raise Http404("Image file missing") from None
+    return _private(FileResponse(handle, content_type=content_type))
+
+
+def _private(response):
+    # Content-addressed bytes never change, but they are a team's data: browsers may cache, proxies not.
+    response["Cache-Control"] = "private, max-age=86400"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+    return response
+
+
+def _resolution(raw) -> int:
+    try:
+        return min(4096, max(64, int(raw)))
+    except (TypeError, ValueError):
+        return 512
+
+
+def _page(raw) -> int:
+    try:
+        return max(1, int(raw))
+    except (TypeError, ValueError):
+        return 1
+

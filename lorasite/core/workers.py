@@ -1,0 +1,94 @@
+"""Worker processes check in (so the portal shows who is online) and run periodic maintenance:
+the job reaper and reconciler, so lost jobs are found even when nobody runs a command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+import dramatiq
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+from dramatiq.middleware import Middleware
+
+logger = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def live_workers(queue: str | None = None) -> list:
+    from lorasite.core.models import WorkerNode
+
+    cutoff = timezone.now() - timedelta(seconds=settings.WORKER_CHECKIN_SECONDS * 3)
+    workers = list(WorkerNode.objects.filter(last_seen__gte=cutoff))
+    return [w for w in workers if queue is None or not w.queues or queue in w.queues]
+
+
+def check_in(queues: list[str]) -> None:
+    from lorasite.core.models import WorkerNode
+
+    now = timezone.now()
+    device = os.environ.get("LORASITE_DEVICE") or (
+        f"cuda:{os.environ['CUDA_VISIBLE_DEVICES']}" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+    )
+    WorkerNode.objects.update_or_create(
+        name=worker_name(),
+        defaults={"hostname": socket.gethostname(), "queues": sorted(queues), "device": device, "last_seen": now},
+        create_defaults={"hostname": socket.gethostname(), "queues": sorted(queues), "device": device,
+                         "last_seen": now, "started_at": now},
+    )
+
+
+def check_out() -> None:
+    from lorasite.core.models import WorkerNode
+
+    WorkerNode.objects.filter(name=worker_name()).delete()
+
+
+def run_maintenance() -> None:
+    from training_app.dispatch import reap_lost_jobs, reconcile_queued_jobs
+
+    reap_lost_jobs()
+    reconcile_queued_jobs()
+
+
+class WorkerPresence(Middleware):
+    """Starts a daemon thread in each worker process: check in, then reap and reconcile, periodically."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        chosen = getattr(worker, "consumer_whitelist", None) or broker.get_declared_queues()
+        queues = sorted(q for q in chosen if not q.endswith(".DQ"))
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(queues,), name="lorasite-presence", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        try:
+            check_out()
+        except Exception:
+            logger.warning("could not check out", exc_info=True)
+
+    def _loop(self, queues: list[str]) -> None:
+        interval = settings.WORKER_CHECKIN_SECONDS
+        while not self._stop.is_set():
+            try:
+                close_old_connections()
+                check_in(queues)
+                run_maintenance()
+            except Exception:
+                # Never let maintenance kill the worker; the next round tries again.
+                logger.warning("worker maintenance failed", exc_info=True)
+            finally:
+                close_old_connections()
+            self._stop.wait(interval)

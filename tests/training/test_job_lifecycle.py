@@ -1,0 +1,103 @@
+"""Job status changes: only legal moves, under a row lock, idempotent for workers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from training_app import lifecycle
+from training_app.lifecycle import TRANSITIONS, IllegalTransition
+from training_app.models import JobStatus, TrainingJob
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def job(team_a, member, dataset_a, tiny_base_model):
+    from training_app.services import submit_job
+
+    return submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config={"max_steps": 5,
+                                                                                          "resolution": 64})
+
+
+def test_claim_is_idempotent(job):
+    assert lifecycle.claim(job.pk, "w1").status == JobStatus.RUNNING
+    assert lifecycle.claim(job.pk, "w2") is None
+    job.refresh_from_db()
+    assert job.worker_id == "w1" and job.attempts == 1
+
+
+def test_completed_is_final(job):
+    lifecycle.claim(job.pk, "w1")
+    lifecycle.complete(job.pk)
+    with pytest.raises(IllegalTransition):
+        lifecycle.request_cancel(job.pk)
+    with pytest.raises(IllegalTransition):
+        lifecycle.retry(job.pk)
+    assert lifecycle.fail(job.pk, "late") is None
+    assert TrainingJob.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+
+def test_cancel_of_a_queued_job_is_immediate_and_of_a_running_one_is_cooperative(job):
+    lifecycle.claim(job.pk, "w1")
+    assert lifecycle.request_cancel(job.pk).status == JobStatus.CANCELLING
+    assert lifecycle.finish_cancel(job.pk).status == JobStatus.CANCELLED
+    lifecycle.retry(job.pk)
+    assert lifecycle.request_cancel(job.pk).status == JobStatus.CANCELLED
+
+
+def test_team_limit_keeps_extra_jobs_queued(job, team_a, member, dataset_a):
+    from training_app.services import submit_job
+
+    team_a.max_concurrent_jobs = 1
+    team_a.save()
+    second = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config={"resolution": 64})
+    assert lifecycle.claim(job.pk, "w1") is not None
+    assert lifecycle.claim(second.pk, "w2") is None
+    second.refresh_from_db()
+    assert second.status == JobStatus.QUEUED
+
+
+def test_reaper_requeues_then_fails_after_the_attempt_limit(job):
+    from training_app.dispatch import reap_lost_jobs
+
+    lifecycle.claim(job.pk, "w1")
+    assert reap_lost_jobs(stale_after=0, max_attempts=2)["requeued"] == 1
+    lifecycle.claim(job.pk, "w2")
+    assert reap_lost_jobs(stale_after=0, max_attempts=2)["failed"] == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "lost 2 times" in job.error
+
+
+def test_reaper_leaves_fresh_heartbeats_alone(job):
+    from training_app.dispatch import reap_lost_jobs
+
+    lifecycle.claim(job.pk, "w1")
+    assert reap_lost_jobs(stale_after=3600) == {"requeued": 0, "failed": 0, "cancelled": 0}
+
+
+EVENTS = ["claim", "complete", "fail", "cancel", "finish_cancel", "retry", "reap"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.sampled_from(EVENTS), max_size=12))
+def test_random_event_sequences_never_reach_an_illegal_state(job, events):
+    TrainingJob.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED, attempts=0, worker_id="")
+    previous = JobStatus.QUEUED
+    for event in events:
+        try:
+            {
+                "claim": lambda: lifecycle.claim(job.pk, "w"),
+                "complete": lambda: lifecycle.complete(job.pk),
+                "fail": lambda: lifecycle.fail(job.pk, "boom"),
+                "cancel": lambda: lifecycle.request_cancel(job.pk),
+                "finish_cancel": lambda: lifecycle.finish_cancel(job.pk),
+                "retry": lambda: lifecycle.retry(job.pk),
+                "reap": lambda: lifecycle.requeue_lost(job.pk, lifecycle.stale_cutoff(-60), max_attempts=3),
+            }[event]()
+        except IllegalTransition:
+            pass
+        current = TrainingJob.objects.values_list("status", flat=True).get(pk=job.pk)
+        assert current == previous or current in TRANSITIONS[previous], (event, previous, current)
+        previous = current

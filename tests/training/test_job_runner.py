@@ -1,0 +1,106 @@
+"""A job runs end to end in this process on the tiny model: real trainer, real files, real rows."""
+
+from __future__ import annotations
+
+import pytest
+from channels.layers import get_channel_layer
+
+from training_app import lifecycle
+from training_app.models import ArtifactKind, JobStatus, TrainingJob
+from training_app.runner import execute_job
+from training_app.services import submit_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TINY = {"resolution": 64, "max_steps": 8, "batch_size": 2, "rank": 4, "learning_rate": 3e-3,
+        "save_every_n_steps": 4, "sample_every_n_steps": 8, "sample_prompts": ["shp, a square"]}
+
+
+def test_job_completes_with_both_lora_layouts_loss_points_and_a_sample(member, dataset_a, tiny_base_model):
+    job = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config=TINY)
+    assert execute_job(str(job.uuid), worker_id="test-worker") == JobStatus.COMPLETED
+    job.refresh_from_db()
+    assert (job.step, job.total_steps, job.percent) == (8, 8, 100.0)
+    assert job.loss is not None and job.avg_loss is not None and job.finished_at is not None
+    assert list(job.loss_points.values_list("step", flat=True)) == list(range(1, 9))
+    kinds = set(job.artifacts.values_list("kind", flat=True))
+    assert {ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS, ArtifactKind.CHECKPOINT, ArtifactKind.SAMPLE} <= kinds
+    kohya = job.artifacts.get(kind=ArtifactKind.LORA_KOHYA)
+    assert kohya.size_bytes > 0 and len(kohya.sha256) == 64
+    from django.conf import settings
+    from safetensors import safe_open
+
+    with safe_open(str(settings.MEDIA_ROOT / kohya.path), "pt") as handle:
+        meta = handle.metadata()
+    assert meta["lorasite_job_id"] == str(job.uuid) and meta["lorasite_dataset_sha256"] == job.snapshot_sha256
+    assert meta["ss_network_dim"] == "4"
+
+
+def test_second_delivery_does_nothing(member, dataset_a, tiny_base_model):
+    job = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config={**TINY, "max_steps": 2,
+                                                                                        "sample_every_n_steps": 0})
+    assert execute_job(str(job.uuid)) == JobStatus.COMPLETED
+    assert execute_job(str(job.uuid)) is None
+    assert TrainingJob.objects.get(pk=job.pk).attempts == 1
+
+
+def test_a_broken_base_model_fails_the_job_with_a_clear_message(member, dataset_a, tiny_base_model, tmp_path):
+    tiny_base_model.location = str(tmp_path / "missing-model")
+    tiny_base_model.save()
+    job = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config={**TINY, "max_steps": 2})
+    assert execute_job(str(job.uuid)) == JobStatus.FAILED
+    job.refresh_from_db()
+    assert job.error.startswith("The base model 'tiny-sd15' could not be loaded")
+
+
+def test_cancel_while_running_stops_at_the_next_step_and_keeps_a_checkpoint(member, dataset_a, tiny_base_model):
+    import threading
+    import time
+
+    job = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15",
+                     config={**TINY, "max_steps": 400, "save_every_n_steps": 0, "sample_every_n_steps": 0})
+    outcome = {}
+
+    def run_in_worker_thread():
+        from django.db import connection
+
+        try:
+            outcome["status"] = execute_job(str(job.uuid))
+        finally:
+            connection.close()
+
+    runner = threading.Thread(target=run_in_worker_thread)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while TrainingJob.objects.get(pk=job.pk).step == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lifecycle.request_cancel(job.pk)
+    runner.join(timeout=60)
+    assert outcome["status"] == JobStatus.CANCELLED
+    job.refresh_from_db()
+    assert 0 < job.step < 400 and job.checkpoint_path
+    # What was trained so far is saved as a usable LoRA too.
+    assert job.artifacts.filter(kind=ArtifactKind.LORA_KOHYA).exists()
+
+
+@pytest.mark.asyncio
+async def test_progress_is_published_to_the_job_group(member, dataset_a, tiny_base_model):
+    from channels.db import database_sync_to_async as sync_to_async
+
+    job = await sync_to_async(submit_job)(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15",
+                                          config={**TINY, "max_steps": 3, "sample_every_n_steps": 0})
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(f"job.{job.uuid}", channel)
+    await sync_to_async(execute_job)(str(job.uuid))
+    messages = []
+    while True:
+        try:
+            import asyncio
+
+            messages.append((await asyncio.wait_for(layer.receive(channel), 1))["payload"])
+        except TimeoutError:
+            break
+    progress = [m for m in messages if m["type"] == "progress"]
+    assert progress[-1]["step"] == 3 and progress[-1]["percent"] == 100.0
+    assert [m["status"] for m in messages if m["type"] == "status"][-1] == "completed"

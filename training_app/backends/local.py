@@ -1,0 +1,106 @@
+"""The local backend: runs the trainer library on this worker's GPU (or CPU) inside the `gpu` queue."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from training_app.backends.base import BackendError, RunOutcome
+from training_app.config import TrainingConfig
+from training_app.estimates import effective_repeats
+from training_app.models import ArtifactKind
+
+
+def models_dir() -> Path:
+    return Path(settings.LORASITE_MODELS_DIR)
+
+
+def resolve_model_location(location: str) -> Path:
+    path = Path(location)
+    return path if path.is_absolute() else models_dir() / path
+
+
+class LocalBackend:
+    name = "local"
+    label = "This installation's GPU workers"
+    queue = "gpu"
+    families = ("sd15", "sdxl")
+    paid = False
+
+    def availability(self) -> tuple[bool, str]:
+        from lorasite.core.workers import live_workers
+
+        workers = live_workers("gpu")
+        if workers:
+            return True, f"{len(workers)} GPU worker(s) online"
+        from lorasite.broker import broker_kind
+
+        if broker_kind() == "stub":
+            return True, "embedded worker (runs inside the web process)"
+        return False, "no GPU worker has checked in recently; jobs will wait in the queue"
+
+    def validate(self, config, base_model) -> list[dict[str, Any]]:
+        errors = []
+        if base_model.family not in self.families:
+            errors.append({"loc": ["base_model"],
+                           "msg": f"the local backend trains {', '.join(self.families)} models, not {base_model.family}"})
+        return errors
+
+    def run(self, job, reporter) -> RunOutcome:
+        # Imported here: web processes never load torch.
+        from training_app import trainer
+        from training_app.trainer.models import ModelLoadError
+
+        config = TrainingConfig(**job.config)
+        output_dir = Path(settings.MEDIA_ROOT) / job.output_dir_name()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        items = []
+        for image in job.snapshot["images"]:
+            path = Path(settings.MEDIA_ROOT) / image["storage_name"]
+            if not path.is_file():
+                raise BackendError(f"An image of the dataset snapshot is missing from storage ({image['id']}); "
+                                   "was the dataset deleted? Retry after restoring it, or train a new job.")
+            items.append(trainer.DatasetItem(path=path, caption=image["caption"],
+                                             repeats=effective_repeats(image, config)))
+        resume_from = trainer.latest_checkpoint(output_dir)
+        if resume_from is not None:
+            reporter.log(f"resuming from checkpoint {resume_from.name}")
+        base = job.base_model
+        location = resolve_model_location(base.location)
+        try:
+            spec = trainer.TrainSpec(
+                model=trainer.ModelSpec(path=location, family=base.family),
+                items=tuple(items),
+                config=trainer.TrainConfig.from_dict(job.config),
+                output_dir=output_dir,
+                device=os.environ.get("LORASITE_DEVICE") or None,
+                resume_from=resume_from,
+                metadata={"job_id": str(job.uuid), "dataset_sha256": job.snapshot_sha256,
+                          "output_name": _output_name(job), "trigger_word": job.config.get("trigger_word", "")},
+            )
+            result = trainer.train(spec, reporter)
+        except trainer.TrainerConfigError as exc:
+            raise BackendError(f"The training settings do not work for this run: {exc}") from exc
+        except trainer.CheckpointError as exc:
+            raise BackendError(f"The job's checkpoint cannot be resumed: {exc}") from exc
+        except ModelLoadError as exc:
+            raise BackendError(f"The base model {base.name!r} could not be loaded: {exc}") from exc
+        files = {}
+        if result.lora_kohya_path:
+            files[ArtifactKind.LORA_KOHYA] = Path(result.lora_kohya_path)
+        if result.lora_diffusers_path:
+            files[ArtifactKind.LORA_DIFFUSERS] = Path(result.lora_diffusers_path)
+        return RunOutcome(stopped=result.stopped, lora_files=files, final_loss=result.final_loss,
+                          steps_completed=result.steps_completed, metadata=dict(result.metadata))
+
+    def cancel(self, job) -> None:
+        # Cooperative: the worker's reporter sees `cancelling` at the next step and the trainer saves.
+        return None
+
+
+def _output_name(job) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.name)[:80].strip("_")
+    return safe or f"lora-{job.uuid.hex[:8]}"

@@ -1,0 +1,65 @@
+"""The job websocket: a snapshot on connect (so reconnecting clients re-sync), then live messages."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from lorasite.realtime import job_group
+
+SNAPSHOT_POINTS = 1000
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        job = await self._job_if_visible(job_id)
+        if job is None:
+            await self.close(code=4404)
+            return
+        self.group = job_group(job.uuid)
+        # Join before reading the snapshot: a message sent in between arrives twice at worst, never lost.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json(await self._snapshot(job.pk))
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def relay_message(self, event):
+        await self.send_json(event["payload"])
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+
+    @database_sync_to_async
+    def _job_if_visible(self, job_id):
+        from lorasite.accounts import access
+        from lorasite.errors import NotFound
+        from training_app.models import TrainingJob
+
+        try:
+            return access.get_visible(TrainingJob.objects.select_related("team"), self.scope.get("user"), uuid=job_id)
+        except NotFound:
+            return None
+
+    @database_sync_to_async
+    def _snapshot(self, job_pk):
+        from training_app.charts import downsampled_loss_points
+        from training_app.models import ArtifactKind, TrainingJob
+        from training_app.progress import artifact_url, progress_payload
+
+        job = TrainingJob.objects.select_related("team").get(pk=job_pk)
+        points = downsampled_loss_points(job, max_points=SNAPSHOT_POINTS)
+        samples = job.artifacts.filter(kind=ArtifactKind.SAMPLE).select_related("job")
+        return {
+            **progress_payload(job),
+            "type": "snapshot",
+            "status": job.status,
+            "error": job.error or None,
+            "loss_points": [[p.step, p.loss, p.lr] for p in points],
+            "samples": [{"step": a.step, "url": artifact_url(a), "prompt": a.prompt} for a in samples],
+            "logs": [log.line for log in job.logs.order_by("-id")[:100]][::-1],
+        }

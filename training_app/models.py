@@ -1,0 +1,168 @@
+"""Training jobs and what they produce: progress, loss points, logs, artifacts; base models to train on."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Family(models.TextChoices):
+    SD15 = "sd15", "Stable Diffusion 1.5"
+    SDXL = "sdxl", "Stable Diffusion XL"
+    FLUX = "flux", "Flux.1"
+
+
+class BaseModel(models.Model):
+    """A base checkpoint jobs can train on. `team` empty: offered to every team."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.SlugField(max_length=80, help_text="What scripts pass as base_model, e.g. tiny-sd15")
+    family = models.CharField(max_length=10, choices=Family.choices)
+    location = models.CharField(
+        max_length=500,
+        help_text="A diffusers folder or a .safetensors/.ckpt file, relative to LORASITE_MODELS_DIR or absolute; "
+                  "for remote backends, the backend's model identifier",
+    )
+    description = models.CharField(max_length=300, blank=True)
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="base_models")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["name"], name="unique_base_model_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CANCELLING = "cancelling", "Cancelling"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class TrainingJob(models.Model):
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
+    dataset = models.ForeignKey("datasets.Dataset", null=True, on_delete=models.SET_NULL, related_name="jobs")
+    name = models.CharField(max_length=200)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                                   related_name="training_jobs")
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
+    backend = models.CharField(max_length=40)
+    preset = models.CharField(max_length=40, blank=True)
+    config = models.JSONField(help_text="The validated training config, frozen at submit")
+    snapshot = models.JSONField(help_text="Image ids, sha256, paths and captions at submit; later edits do not apply")
+    snapshot_sha256 = models.CharField(max_length=64)
+    image_count = models.PositiveIntegerField(default=0)
+
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    priority = models.IntegerField(default=0, help_text="Higher runs first within a team's queue")
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    avg_loss = models.FloatField(null=True, blank=True)
+    lr = models.FloatField(null=True, blank=True)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When its message was last sent")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    worker_id = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker has started this job")
+    remote_id = models.CharField(max_length=200, blank=True)
+    checkpoint_path = models.CharField(max_length=500, blank=True)
+    requested_actions = models.JSONField(default=list, blank=True,
+                                         help_text="'sample'/'save' asked from the portal, taken at the next step")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["team", "status", "-priority", "queued_at"], name="job_team_queue"),
+            models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def percent(self) -> float:
+        if not self.total_steps:
+            return 100.0 if self.status == JobStatus.COMPLETED else 0.0
+        return round(100.0 * min(self.step, self.total_steps) / self.total_steps, 2)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def output_dir_name(self) -> str:
+        """Storage-relative folder of this job's files under MEDIA_ROOT."""
+        return f"jobs/{self.uuid}"
+
+
+class LossPoint(models.Model):
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="loss_points")
+    step = models.PositiveIntegerField()
+    loss = models.FloatField()
+    lr = models.FloatField(null=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["step"]
+        indexes = [models.Index(fields=["job", "step"], name="losspoint_job_step")]
+
+    def __str__(self) -> str:
+        return f"step {self.step}: {self.loss:.4f}"
+
+
+class JobLog(models.Model):
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="logs")
+    line = models.TextField()
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.line[:80]
+
+
+class ArtifactKind(models.TextChoices):
+    LORA_KOHYA = "lora_kohya", "LoRA (kohya / A1111 / ComfyUI layout)"
+    LORA_DIFFUSERS = "lora_diffusers", "LoRA (diffusers layout)"
+    CHECKPOINT = "checkpoint", "Resumable checkpoint"
+    SAMPLE = "sample", "Sample image"
+
+
+class Artifact(models.Model):
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="artifacts")
+    kind = models.CharField(max_length=20, choices=ArtifactKind.choices)
+    path = models.CharField(max_length=500, help_text="Relative to MEDIA_ROOT")
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    step = models.PositiveIntegerField(null=True, blank=True)
+    prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"

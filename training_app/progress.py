@@ -1,0 +1,214 @@
+"""Progress reporting: turns the trainer's step callbacks into database rows and websocket messages.
+
+The database stays the source of truth, written at a bounded rate (every `db_interval` seconds);
+websocket progress is published at most `publish_interval` apart (10 a second by default) and the
+final figures are always sent, so a client never ends on a stale step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from lorasite.realtime import job_group, publish, team_group
+from training_app.models import Artifact, ArtifactKind, JobLog, JobStatus, LossPoint, TrainingJob
+
+logger = logging.getLogger(__name__)
+
+MAX_LOG_LINES = 2000
+AVG_WINDOW = 50
+
+
+def progress_payload(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "type": "progress", "job": str(job.uuid), "step": job.step, "total_steps": job.total_steps,
+        "loss": job.loss, "avg_loss": job.avg_loss, "lr": job.lr, "eta_seconds": job.eta_seconds,
+        "percent": job.percent,
+    }
+
+
+def status_payload(job: TrainingJob) -> dict[str, Any]:
+    return {"type": "status", "job": str(job.uuid), "status": job.status, "error": job.error or None}
+
+
+def publish_to_job_and_team(job: TrainingJob, payload: dict[str, Any]) -> None:
+    publish(job_group(job.uuid), payload)
+    publish(team_group(job.team.uuid), payload)
+
+
+def publish_status(job: TrainingJob) -> None:
+    publish_to_job_and_team(job, status_payload(job))
+
+
+def artifact_url(artifact: Artifact) -> str:
+    return f"/api/jobs/{artifact.job.uuid}/artifacts/{artifact.uuid}/download"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def media_relative(path: Path) -> str:
+    return str(Path(path).resolve().relative_to(Path(settings.MEDIA_ROOT).resolve()))
+
+
+def record_artifact(job: TrainingJob, kind: str, path: Path, step: int | None = None, prompt: str = "",
+                    replace: bool = False) -> Artifact:
+    """Register a file under MEDIA_ROOT as a job artifact (size + sha256); `replace` keeps one of the kind."""
+    path = Path(path)
+    fields = {"path": media_relative(path), "size_bytes": path.stat().st_size, "step": step, "prompt": prompt,
+              "sha256": file_sha256(path) if path.is_file() else ""}
+    if replace:
+        artifact, _ = Artifact.objects.update_or_create(job=job, kind=kind, defaults=fields)
+    else:
+        artifact = Artifact.objects.create(job=job, kind=kind, **fields)
+    return artifact
+
+
+class JobReporter:
+    """The trainer's Reporter for one job run by one worker."""
+
+    def __init__(self, job: TrainingJob, worker_id: str, *, publish_interval: float = 0.1,
+                 db_interval: float = 1.0, control_interval: float = 0.5, clock=time.monotonic):
+        self.job = job
+        self.worker_id = worker_id
+        self.publish_interval = publish_interval
+        self.db_interval = db_interval
+        self.control_interval = control_interval
+        self.clock = clock
+        self._start = clock()
+        self._start_step: int | None = None
+        self._last_publish = -1e9
+        self._last_db = clock()
+        self._last_control = -1e9
+        self._pending_points: list[LossPoint] = []
+        self._pending_logs: list[JobLog] = []
+        self._window: deque[float] = deque(maxlen=AVG_WINDOW)
+        self._stop = False
+        self._actions: frozenset[str] = frozenset()
+        self._dirty = False
+        self.published_progress = 0
+
+    # -- trainer callbacks -------------------------------------------------------------------
+    def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
+        now = self.clock()
+        if self._start_step is None:
+            # A resumed run starts mid-way: the ETA is based on this run's own pace.
+            self._start_step, self._start = step - 1, now
+        job = self.job
+        self._window.append(float(loss))
+        job.step, job.total_steps, job.loss, job.lr = step, total_steps, float(loss), float(lr)
+        job.avg_loss = sum(self._window) / len(self._window)
+        done = step - self._start_step
+        elapsed = now - self._start
+        job.eta_seconds = round(elapsed / done * (total_steps - step), 1) if done > 0 and elapsed > 0 else None
+        self._pending_points.append(LossPoint(job=job, step=step, loss=float(loss), lr=float(lr), at=timezone.now()))
+        self._dirty = True
+        if now - self._last_db >= self.db_interval:
+            self.flush()
+        if now - self._last_publish >= self.publish_interval or step == total_steps:
+            self._publish_progress(now)
+
+    def log(self, line: str) -> None:
+        line = str(line)[:2000]
+        self._pending_logs.append(JobLog(job=self.job, line=line, at=timezone.now()))
+        # Log lines go to the job page only; the team dashboard shows progress and status.
+        publish(job_group(self.job.uuid), {"type": "log", "job": str(self.job.uuid), "line": line})
+
+    def sample(self, step: int, image_path: Path) -> None:
+        target_dir = Path(settings.MEDIA_ROOT) / self.job.output_dir_name() / "samples"
+        image_path = Path(image_path)
+        if target_dir.resolve() not in image_path.resolve().parents:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            target = target_dir / image_path.name
+            shutil.copyfile(image_path, target)
+            image_path = target
+        artifact = record_artifact(self.job, ArtifactKind.SAMPLE, image_path, step=step)
+        publish_to_job_and_team(self.job, {"type": "sample", "job": str(self.job.uuid), "step": step,
+                                           "url": artifact_url(artifact)})
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.flush()
+        relative = media_relative(Path(path))
+        TrainingJob.objects.filter(pk=self.job.pk).update(checkpoint_path=relative)
+        self.job.checkpoint_path = relative
+        record_artifact(self.job, ArtifactKind.CHECKPOINT, Path(path), step=step, replace=True)
+        self.log(f"checkpoint saved at step {step}")
+
+    def should_stop(self) -> bool:
+        self._poll_control()
+        return self._stop
+
+    def pending_actions(self) -> frozenset[str]:
+        self._poll_control()
+        actions, self._actions = self._actions, frozenset()
+        return actions
+
+    # -- runner helpers ----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write progress, loss points and logs; refresh the heartbeat while at it."""
+        job = self.job
+        with transaction.atomic():
+            if self._dirty:
+                TrainingJob.objects.filter(pk=job.pk, worker_id=self.worker_id).update(
+                    step=job.step, total_steps=job.total_steps, loss=job.loss, avg_loss=job.avg_loss, lr=job.lr,
+                    eta_seconds=job.eta_seconds, heartbeat_at=timezone.now(),
+                )
+            if self._pending_points:
+                LossPoint.objects.bulk_create(self._pending_points)
+            if self._pending_logs:
+                JobLog.objects.bulk_create(self._pending_logs)
+                _trim_logs(job)
+        self._pending_points, self._pending_logs, self._dirty = [], [], False
+        self._last_db = self.clock()
+
+    def finish(self) -> None:
+        """Write and publish the last figures, whatever the throttles say."""
+        self.flush()
+        self._publish_progress(self.clock())
+
+    def _publish_progress(self, now: float) -> None:
+        self._last_publish = now
+        self.published_progress += 1
+        publish_to_job_and_team(self.job, progress_payload(self.job))
+
+    def _poll_control(self) -> None:
+        now = self.clock()
+        if now - self._last_control < self.control_interval:
+            return
+        self._last_control = now
+        row = TrainingJob.objects.filter(pk=self.job.pk).values("status", "worker_id", "requested_actions").first()
+        if row is None or row["worker_id"] != self.worker_id or row["status"] not in (
+            JobStatus.RUNNING, JobStatus.CANCELLING
+        ):
+            # Deleted, or the reaper gave the job to someone else: this worker must stop.
+            self._stop = True
+            return
+        if row["status"] == JobStatus.CANCELLING:
+            self._stop = True
+        if row["requested_actions"]:
+            taken = TrainingJob.objects.filter(pk=self.job.pk, requested_actions=row["requested_actions"]).update(
+                requested_actions=[]
+            )
+            if taken:
+                self._actions = self._actions | frozenset(row["requested_actions"])
+
+
+def _trim_logs(job: TrainingJob) -> None:
+    cutoff = JobLog.objects.filter(job=job).order_by("-id").values_list("id", flat=True)[MAX_LOG_LINES:MAX_LOG_LINES + 1]
+    cutoff = list(cutoff)
+    if cutoff:
+        JobLog.objects.filter(job=job, id__lte=cutoff[0]).delete()

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ninja import Schema
+from pydantic import Field
+
+
+class PresetOut(Schema):
+    name: str
+    description: str
+    families: list[str]
+    config: dict[str, Any]
+
+
+class BaseModelOut(Schema):
+    id: UUID
+    name: str
+    family: str
+    description: str
+    available: bool
+    detail: str
+
+
+class BackendOut(Schema):
+    name: str
+    label: str
+    queue: str
+    families: list[str]
+    paid: bool
+    available: bool
+    detail: str
+
+
+class EstimateIn(Schema):
+    config: dict[str, Any] = Field(default_factory=dict)
+    preset: str | None = None
+    dataset_id: UUID | None = None
+    image_count: int | None = Field(default=None, ge=1, le=1_000_000)
+    base_model: str | None = None
+    family: str | None = None
+    backend: str = "local"
+    gpu: str = "h100"
+
+
+class EstimateOut(Schema):
+    total_steps: int
+    image_count: int
+    samples_per_epoch: int
+    family: str
+    gpu: str
+    seconds_per_step: float
+    estimated_seconds: float
+    backend_estimated_seconds: float
+    peak_vram_gb: float
+    fits_on_gpu: bool
+    estimated_cost_usd: float | None
+    notes: list[str]
+
+
+class JobIn(Schema):
+    dataset_id: UUID
+    backend: str = "local"
+    base_model: str
+    preset: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(default=None, max_length=200)
+    priority: int = Field(default=0, ge=-100, le=100)
+
+
+class JobOut(Schema):
+    id: UUID
+    name: str
+    team: str
+    dataset_id: UUID | None
+    base_model: str
+    backend: str
+    preset: str
+    status: str
+    step: int
+    total_steps: int
+    percent: float
+    loss: float | None
+    avg_loss: float | None
+    lr: float | None
+    eta_seconds: float | None
+    error: str
+    priority: int
+    attempts: int
+    image_count: int
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    config: dict[str, Any]
+
+
+class JobDetailOut(JobOut):
+    snapshot_sha256: str
+    snapshot: dict[str, Any]
+    queue_position: int | None
+
+
+class LossPointOut(Schema):
+    step: int
+    loss: float
+    lr: float | None
+    at: datetime
+
+
+class LogLineOut(Schema):
+    line: str
+    at: datetime
+
+
+class EventsOut(Schema):
+    loss_points: list[LossPointOut]
+    logs: list[LogLineOut]
+
+
+class ArtifactOut(Schema):
+    id: UUID
+    kind: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    step: int | None
+    prompt: str
+    url: str
+    created_at: datetime
+
+
+class ActionIn(Schema):
+    action: str = Field(description="'sample' or 'save': done at the job's next step")

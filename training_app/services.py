@@ -1,0 +1,129 @@
+"""Job operations shared by the API, the pages and the `train` command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from pydantic import ValidationError
+
+from datasets_app.models import Dataset
+from datasets_app.snapshot import build_snapshot
+from lorasite.accounts import access
+from lorasite.accounts.models import Role, Team
+from lorasite.errors import InvalidInput
+from training_app import dispatch, lifecycle
+from training_app.backends.registry import get_backend
+from training_app.config import TrainingConfig, validation_errors
+from training_app.estimates import planned_total_steps
+from training_app.models import BaseModel, JobStatus, TrainingJob
+from training_app.presets import preset_values
+
+ALLOWED_ACTIONS = ("sample", "save")
+
+
+def base_models_for(team: Team):
+    return BaseModel.objects.filter(enabled=True).filter(Q(team__isnull=True) | Q(team=team))
+
+
+def get_base_model(team: Team, name: str) -> BaseModel:
+    model = base_models_for(team).filter(name=name).first()
+    if model is None:
+        raise InvalidInput(f"Unknown base model {name!r}.", [{"loc": ["base_model"], "msg": "no such base model"}])
+    return model
+
+
+def build_config(preset: str | None, overrides: dict[str, Any], dataset: Dataset | None = None) -> TrainingConfig:
+    """Preset values, then the dataset's defaults where the caller said nothing, then the caller's values."""
+    values = preset_values(preset)
+    if dataset is not None:
+        if "trigger_word" not in overrides and dataset.trigger_word and not values.get("trigger_word"):
+            values["trigger_word"] = dataset.trigger_word
+        if "resolution" not in overrides and "resolution" not in values and dataset.default_resolution:
+            values["resolution"] = dataset.default_resolution
+    values.update(overrides or {})
+    try:
+        return TrainingConfig(**values)
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        raise InvalidInput("The training settings are not valid: " + "; ".join(e["msg"] for e in errors),
+                           errors) from None
+    except TypeError as exc:
+        raise InvalidInput(f"The training settings are not valid: {exc}") from None
+
+
+@transaction.atomic
+def submit_job(user, *, dataset_id, base_model: str, backend: str = "local", preset: str | None = None,
+               config: dict[str, Any] | None = None, name: str | None = None, priority: int = 0) -> TrainingJob:
+    dataset = access.get_visible(Dataset.objects.select_related("team"), user, needed=Role.MEMBER, uuid=dataset_id)
+    team = dataset.team
+    backend_impl = get_backend(backend)
+    model = get_base_model(team, base_model)
+    cfg = build_config(preset, config or {}, dataset)
+    errors = backend_impl.validate(cfg, model)
+    if errors:
+        raise InvalidInput("This backend cannot run these settings: " + "; ".join(e["msg"] for e in errors), errors)
+    snapshot = build_snapshot(dataset)
+    if not snapshot["images"]:
+        raise InvalidInput("The dataset has no images to train on (rejected images are left out).",
+                           [{"loc": ["dataset_id"], "msg": "no trainable images"}])
+    job = TrainingJob.objects.create(
+        team=team, dataset=dataset, name=name or f"{dataset.name} · {preset or 'custom'}", created_by=user,
+        base_model=model, backend=backend_impl.name, preset=preset or "", config=cfg.model_dump(),
+        snapshot=snapshot, snapshot_sha256=snapshot["sha256"], image_count=len(snapshot["images"]),
+        total_steps=planned_total_steps(cfg, snapshot["images"]), priority=priority,
+    )
+    lifecycle.submit(job)
+    transaction.on_commit(lambda: dispatch.dispatch_team(team.pk))
+    return job
+
+
+def get_job(user, job_id, needed: Role = Role.VIEWER) -> TrainingJob:
+    return access.get_visible(TrainingJob.objects.select_related("team", "base_model", "dataset", "created_by"),
+                              user, needed=needed, uuid=job_id)
+
+
+def cancel_job(user, job_id) -> TrainingJob:
+    job = get_job(user, job_id, needed=Role.MEMBER)
+    job = lifecycle.request_cancel(job.pk)
+    if job.status == JobStatus.CANCELLING:
+        get_backend(job.backend).cancel(job)
+    else:
+        transaction.on_commit(lambda: dispatch.dispatch_team(job.team_id))
+    return job
+
+
+def retry_job(user, job_id) -> TrainingJob:
+    job = get_job(user, job_id, needed=Role.MEMBER)
+    job = lifecycle.retry(job.pk)
+    transaction.on_commit(lambda: dispatch.dispatch_team(job.team_id))
+    return job
+
+
+def request_action(user, job_id, action: str) -> TrainingJob:
+    if action not in ALLOWED_ACTIONS:
+        raise InvalidInput(f"action must be one of {', '.join(ALLOWED_ACTIONS)}",
+                           [{"loc": ["action"], "msg": "must be sample or save"}])
+    job = get_job(user, job_id, needed=Role.MEMBER)
+    with transaction.atomic():
+        locked = TrainingJob.objects.select_for_update().get(pk=job.pk)
+        if locked.status != JobStatus.RUNNING:
+            raise InvalidInput(f"Only a running job can {action} now; this one is {locked.status}.")
+        if action not in locked.requested_actions:
+            locked.requested_actions = [*locked.requested_actions, action]
+            locked.save(update_fields=["requested_actions"])
+    return locked
+
+
+def queue_position(job: TrainingJob) -> int | None:
+    """1 for the next job of its team to start; None unless queued."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    ahead = TrainingJob.objects.filter(team_id=job.team_id, status=JobStatus.QUEUED).filter(
+        Q(priority__gt=job.priority) | Q(priority=job.priority, queued_at__lt=job.queued_at)
+        | Q(priority=job.priority, queued_at=job.queued_at, id__lt=job.id)
+    ).count()
+    return ahead + 1
+
+

@@ -1,0 +1,263 @@
+"""Writing the trained LoRA as ``.safetensors`` in the two layouts people use.
+
+* diffusers/peft layout: exactly what ``StableDiffusionPipeline.save_lora_weights``
+  (``StableDiffusionXLPipeline`` for SDXL) writes, including the
+  ``lora_adapter_metadata`` header that lets diffusers restore ``alpha``.
+  Load with ``pipe.load_lora_weights(path)``.
+* kohya/A1111 layout: ``lora_unet_<module>.lora_down.weight``,
+  ``.lora_up.weight`` and ``.alpha`` per module (``lora_te_`` for the SD 1.5
+  text encoder, ``lora_te1_``/``lora_te2_`` for SDXL's), which ComfyUI,
+  Forge/A1111 and diffusers all load. SD 1.5 UNet modules keep their diffusers
+  names (as kohya's sd-scripts write them); SDXL UNet modules use the original
+  "sgm" names (``input_blocks.4.1...``) like sd-scripts' SDXL LoRAs.
+
+Both files carry kohya-style ``ss_*`` metadata plus our ``lorasite_*`` keys.
+Weights are stored in fp32 so a reload reproduces the trained model exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+SDXL_TE_PREFIX = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+_RESNET_SGM = {
+    "conv1": "in_layers.2",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+    "norm1": "in_layers.0",
+    "norm2": "out_layers.0",
+}
+
+
+class ExportError(RuntimeError):
+    """The LoRA cannot be written in the requested layout."""
+
+
+def _sgm_resnet_rest(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    if head not in _RESNET_SGM:
+        raise ExportError(f"no SDXL kohya name for resnet module {rest!r}")
+    return _RESNET_SGM[head] + ("." + tail if tail else "")
+
+
+def sdxl_unet_module_to_sgm(path: str, layers_per_block: int) -> str:
+    """Map a diffusers SDXL UNet module path to the original (sgm) naming kohya uses.
+
+    ``down_blocks.b.attentions.l`` -> ``input_blocks.(1 + b*(L+1) + l).1``,
+    ``mid_block.attentions.0`` -> ``middle_block.1``,
+    ``up_blocks.b.attentions.l`` -> ``output_blocks.(b*(L+1) + l).1`` with
+    L = layers_per_block (up blocks have L+1 layers). Resnets map to slot 0
+    with their inner layers renamed. This is the inverse of diffusers'
+    ``_maybe_map_sgm_blocks_to_diffusers``.
+    """
+    lpb = layers_per_block
+    if m := re.match(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", path):
+        b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = 1 + b * (lpb + 1) + i
+        return (
+            f"input_blocks.{idx}.1.{rest}"
+            if kind == "attentions"
+            else f"input_blocks.{idx}.0.{_sgm_resnet_rest(rest)}"
+        )
+    if m := re.match(r"mid_block\.(attentions|resnets)\.(\d+)\.(.+)$", path):
+        kind, i, rest = m[1], int(m[2]), m[3]
+        if kind == "attentions":
+            return f"middle_block.1.{rest}"
+        return f"middle_block.{0 if i == 0 else 2}.{_sgm_resnet_rest(rest)}"
+    if m := re.match(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", path):
+        b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = b * (lpb + 1) + i
+        return (
+            f"output_blocks.{idx}.1.{rest}"
+            if kind == "attentions"
+            else f"output_blocks.{idx}.0.{_sgm_resnet_rest(rest)}"
+        )
+    raise ExportError(f"no SDXL kohya name for UNet module {path!r}")
+
+
+def kohya_module_name(component: str, module_path: str, family: str, layers_per_block: int = 2) -> str:
+    """kohya LoRA module name, e.g. ``lora_unet_down_blocks_0_attentions_0_..._to_q``."""
+    if family == "sdxl":
+        if component == "unet":
+            return "lora_unet_" + sdxl_unet_module_to_sgm(module_path, layers_per_block).replace(".", "_")
+        return SDXL_TE_PREFIX[component] + module_path.replace(".", "_")
+    return KOHYA_PREFIX[component] + module_path.replace(".", "_")
+
+
+def canonical_text_encoder_keys(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Spell CLIP module paths as ``text_model.encoder...`` whatever the transformers version.
+
+    transformers 5 dropped the ``text_model`` wrapper from ``CLIPTextModel``
+    (``CLIPTextModelWithProjection`` kept it), but every LoRA consumer
+    (A1111/Forge, ComfyUI, diffusers on transformers 4) expects the original
+    names, so files always use them.
+    """
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in sd.items()}
+
+
+def canonical_state_dicts(peft_sds: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c: dict(sd) if c == "unet" else canonical_text_encoder_keys(sd) for c, sd in peft_sds.items()}
+
+
+def kohya_state_dict(
+    peft_sds: Mapping[str, Mapping[str, Any]], family: str, alpha: float, layers_per_block: int = 2
+) -> dict[str, Any]:
+    """Convert per-component peft state dicts (``...lora_A.weight``) into one kohya state dict."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for component, sd in canonical_state_dicts(peft_sds).items():
+        for key, tensor in sd.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[: -len(".lora_A.weight")]
+            up_key = module + ".lora_B.weight"
+            if up_key not in sd:
+                raise ExportError(f"{component}: {module} has lora_A but no lora_B")
+            name = kohya_module_name(component, module, family, layers_per_block)
+            if name + ".lora_down.weight" in out:
+                raise ExportError(f"two modules map to the same kohya name {name}")
+            out[name + ".lora_down.weight"] = tensor.contiguous()
+            out[name + ".lora_up.weight"] = sd[up_key].contiguous()
+            out[name + ".alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out
+
+
+def _atomic_save(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_kohya_lora(
+    path: Path,
+    peft_sds: Mapping[str, Mapping[str, Any]],
+    family: str,
+    alpha: float,
+    metadata: Mapping[str, str],
+    layers_per_block: int | Sequence[int] = 2,
+) -> Path:
+    """Write the kohya/A1111 layout file (atomically) and return its path."""
+    if not isinstance(layers_per_block, int):  # per-block tuples: kohya naming assumes one value
+        layers_per_block = int(layers_per_block[0])
+    sd = kohya_state_dict(peft_sds, family, alpha, layers_per_block)
+    return _atomic_save(sd, Path(path), dict(metadata))
+
+
+def save_diffusers_lora(
+    path: Path,
+    peft_sds: Mapping[str, Mapping[str, Any]],
+    peft_configs: Mapping[str, Any],
+    family: str,
+    metadata: Mapping[str, str],
+) -> Path:
+    """Write the diffusers layout via the pipeline's own ``save_lora_weights``, adding our header keys."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors import safe_open
+
+    pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {}
+    for component, sd in canonical_state_dicts(peft_sds).items():
+        kwargs[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(sd)
+        # Without this diffusers would assume alpha == rank on load.
+        kwargs[f"{component}_lora_adapter_metadata"] = peft_configs[component].to_dict()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
+        pipe_cls.save_lora_weights(tmp, safe_serialization=True, **kwargs)
+        written = Path(tmp) / "pytorch_lora_weights.safetensors"
+        with safe_open(str(written), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return _atomic_save(tensors, Path(path), {**header, **dict(metadata)})
+
+
+def build_metadata(
+    *,
+    cfg: Any,
+    family: str,
+    num_train_images: int,
+    tag_frequency: Mapping[str, int],
+    started_at: float,
+    finished_at: float,
+    steps: int,
+    epoch: int,
+    output_name: str,
+    dataset_sha256: str,
+    base_model_name: str = "",
+    run_metadata: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """kohya ``ss_*`` header keys plus ``lorasite_*`` ones; every value is a string.
+
+    ``run_metadata`` is ``TrainSpec.metadata``: ``job_id`` and
+    ``base_model_name`` are used for their keys, any other entry (besides
+    ``output_name``/``dataset_sha256``, passed separately) is copied verbatim.
+    """
+    run_metadata = dict(run_metadata or {})
+    job_id = str(run_metadata.pop("job_id", ""))
+    base_model_name = str(run_metadata.pop("base_model_name", "") or base_model_name)
+    extra = {k: v for k, v in run_metadata.items() if k not in ("output_name", "dataset_sha256")}
+    version = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(cfg.rank),
+        "ss_network_alpha": str(cfg.effective_alpha),
+        "ss_network_dropout": str(cfg.dropout),
+        "ss_base_model_version": version,
+        "ss_v2": "False",
+        "ss_sd_model_name": base_model_name,
+        "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
+        "ss_enable_bucket": str(cfg.bucketing),
+        "ss_num_train_images": str(num_train_images),
+        "ss_tag_frequency": json.dumps({output_name: dict(tag_frequency)}, ensure_ascii=False),
+        "ss_training_started_at": f"{started_at:.3f}",
+        "ss_training_finished_at": f"{finished_at:.3f}",
+        "ss_steps": str(steps),
+        "ss_max_train_steps": str(cfg.max_steps or ""),
+        "ss_epoch": str(epoch),
+        "ss_learning_rate": str(cfg.learning_rate),
+        "ss_unet_lr": str(cfg.learning_rate),
+        "ss_text_encoder_lr": str(cfg.effective_text_encoder_lr if cfg.train_text_encoder else 0.0),
+        "ss_network_train_text_encoder": str(cfg.train_text_encoder),
+        "ss_optimizer": cfg.optimizer,
+        "ss_lr_scheduler": cfg.lr_scheduler,
+        "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
+        "ss_batch_size_per_device": str(cfg.batch_size),
+        "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
+        "ss_mixed_precision": cfg.mixed_precision,
+        "ss_noise_offset": str(cfg.noise_offset),
+        "ss_min_snr_gamma": "" if cfg.min_snr_gamma is None else str(cfg.min_snr_gamma),
+        "ss_caption_dropout_rate": str(cfg.caption_dropout),
+        "ss_shuffle_caption": str(cfg.shuffle_tags),
+        "ss_keep_tokens": str(cfg.keep_tokens),
+        "ss_flip_aug": str(cfg.flip_aug),
+        "ss_gradient_checkpointing": str(cfg.gradient_checkpointing),
+        "ss_seed": str(cfg.seed),
+        "ss_output_name": output_name,
+        "lorasite_trigger_word": cfg.trigger_word,
+        "lorasite_job_id": job_id,
+        "lorasite_dataset_sha256": dataset_sha256,
+        "lorasite_target_modules": ",".join(cfg.target_modules),
+    }
+    for key, value in extra.items():
+        meta[str(key)] = str(value)
+    return meta

@@ -1,0 +1,222 @@
+"""Loading base models (SD 1.5 / SDXL) offline, with errors a person can act on.
+
+A base model is either a diffusers folder (``model_index.json`` + component
+subfolders) or a single ``.safetensors``/``.ckpt`` file in the original LDM
+layout. Single files are loaded with ``from_single_file(path, config=DIR)``
+where ``DIR`` is a local diffusers folder of the same family providing the
+configs and tokenizers, so nothing is fetched from the Hub.
+
+Also holds prompt encoding, because which hidden states feed the UNet is a
+property of the model family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import FAMILIES, ModelSpec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+
+
+class ModelLoadError(RuntimeError):
+    """The base model could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """The components of a base model that training needs."""
+
+    family: str
+    unet: Any
+    vae: Any
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+    scheduler_config: dict[str, Any]
+    source: Path
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+
+def _pipeline_class(family: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, PIPELINE_CLASSES[family])
+
+
+def _family_of_folder(path: Path) -> str | None:
+    """Which family a diffusers folder holds, from ``model_index.json``'s class name."""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} has an unreadable model_index.json: {exc}") from exc
+    name = str(index.get("_class_name", ""))
+    if "XL" in name:
+        return "sdxl"
+    if name.startswith("StableDiffusion"):
+        return "sd15"
+    return None
+
+
+def _family_of_single_file(path: Path) -> str | None:
+    """Guess the family of an LDM-layout checkpoint from its tensor names (safetensors only)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ModelLoadError(
+            f"{path.name} is not a valid .safetensors file (it may be truncated or corrupt): {exc}"
+        ) from exc
+    if not keys:
+        raise ModelLoadError(f"{path.name} contains no tensors")
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelLoadError(
+            f"{path.name} does not look like a Stable Diffusion checkpoint (no model.diffusion_model.* weights);"
+            " is it a LoRA or an embedding rather than a base model?"
+        )
+    return None
+
+
+def _quiet_loading() -> None:
+    """Progress bars from diffusers/transformers would flood job logs."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load the UNet, VAE, text encoder(s) and tokenizer(s) described by ``spec`` on CPU in fp32.
+
+    Raises :class:`ModelLoadError` for a missing path, a folder that is not a
+    diffusers model, a corrupt file, an unknown family or a model of the other
+    family.
+    """
+    if spec.family not in FAMILIES:
+        raise ModelLoadError(
+            f"unknown model family {spec.family!r}; supported families are {', '.join(FAMILIES)}"
+        )
+    path = spec.path
+    if not path.exists():
+        raise ModelLoadError(f"base model not found: {path} does not exist")
+    _quiet_loading()
+    pipe_cls = _pipeline_class(spec.family)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if spec.family == "sd15":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+
+    if spec.single_file:
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{path} is a folder; single-file models must be a .safetensors or .ckpt file"
+            )
+        found = _family_of_single_file(path)
+        if found is not None and found != spec.family:
+            raise ModelLoadError(f"{path.name} is an {found} checkpoint but the job says {spec.family}")
+        if spec.config_dir is None:
+            raise ModelLoadError(
+                f"{path.name} is a single-file checkpoint; loading it offline needs a local diffusers folder of the"
+                " same family for its configs and tokenizer (ModelSpec.config_dir)"
+            )
+        if not (spec.config_dir / "model_index.json").is_file():
+            raise ModelLoadError(f"config folder {spec.config_dir} is not a diffusers model folder")
+        try:
+            pipe = pipe_cls.from_single_file(str(path), config=str(spec.config_dir), **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load {path.name} as a {spec.family} checkpoint: {exc}") from exc
+    else:
+        if path.is_file():
+            raise ModelLoadError(
+                f"{path} is a file; pass single_file=True (or use a .safetensors/.ckpt suffix)"
+            )
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{path} is not a diffusers model folder (model_index.json is missing);"
+                " expected subfolders unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+            )
+        found = _family_of_folder(path)
+        if found is None:
+            raise ModelLoadError(f"{path} holds a pipeline that is neither SD 1.5 nor SDXL")
+        if found != spec.family:
+            raise ModelLoadError(f"{path} holds an {found} model but the job says {spec.family}")
+        try:
+            pipe = pipe_cls.from_pretrained(str(path), **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the {spec.family} model in {path}: {exc}") from exc
+
+    if spec.family == "sdxl":
+        encoders = [pipe.text_encoder, pipe.text_encoder_2]
+        tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
+    else:
+        encoders = [pipe.text_encoder]
+        tokenizers = [pipe.tokenizer]
+    if any(e is None for e in encoders) or pipe.unet is None or pipe.vae is None:
+        raise ModelLoadError(f"{path} is missing a UNet, VAE or text encoder")
+    return LoadedModel(
+        family=spec.family,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoders=encoders,
+        tokenizers=tokenizers,
+        scheduler_config=dict(pipe.scheduler.config),
+        source=path,
+    )
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> Any:
+    """Token ids padded/truncated to the tokenizer's max length (77 for CLIP)."""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def encode_prompts(model: LoadedModel, captions: list[str], device: Any) -> tuple[Any, Any | None]:
+    """Encode captions the way the family's pipeline does.
+
+    SD 1.5: the last hidden state of the CLIP text encoder, no pooled output.
+    SDXL: the penultimate hidden states of both encoders concatenated on the
+    feature axis, plus the projected pooled output of the second encoder
+    (used for the ``text_embeds`` added condition).
+    Gradients flow when the encoders have trainable (LoRA) parameters.
+    """
+    if not model.is_sdxl:
+        ids = tokenize(model.tokenizers[0], captions).to(device)
+        return model.text_encoders[0](ids)[0], None
+    states = []
+    pooled = None
+    for tok, enc in zip(model.tokenizers, model.text_encoders, strict=True):
+        ids = tokenize(tok, captions).to(device)
+        out = enc(ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = out[0] if getattr(out, "text_embeds", None) is None else out.text_embeds
+    import torch
+
+    return torch.cat(states, dim=-1), pooled
+
+
+def sdxl_time_ids(
+    original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]
+) -> list[int]:
+    """SDXL micro-conditioning vector: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+    return [*original_size, *crop_top_left, *target_size]

@@ -1,0 +1,119 @@
+"""How the trainer talks to whoever runs it (the portal's job runner, the CLI, tests).
+
+The trainer only calls the methods of :class:`Reporter`; it never imports the
+portal. ``should_stop`` and ``pending_actions`` are polled once per optimizer
+step, so a "stop", "sample now" or "save now" button takes effect at the next
+step boundary.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+ACTIONS = frozenset({"sample", "save"})
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """Callbacks a training run makes; implementations must be cheap (they run on the hot path)."""
+
+    def step(self, step: int, total_steps: int, loss: float, lr: float) -> None: ...
+
+    def log(self, line: str) -> None: ...
+
+    def sample(self, step: int, image_path: Path) -> None: ...
+
+    def checkpoint(self, step: int, path: Path) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+    def pending_actions(self) -> frozenset[str]: ...
+
+
+class BaseReporter:
+    """A :class:`Reporter` that does nothing; subclass and override what you need."""
+
+    def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
+        pass
+
+    def log(self, line: str) -> None:
+        pass
+
+    def sample(self, step: int, image_path: Path) -> None:
+        pass
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def pending_actions(self) -> frozenset[str]:
+        return frozenset()
+
+
+class NullReporter(BaseReporter):
+    """Discards everything."""
+
+
+class PrintReporter(BaseReporter):
+    """Writes progress lines to stderr (used by the CLI)."""
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+
+    def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
+        if step % self.every == 0 or step == total_steps:
+            print(f"step {step}/{total_steps} loss {loss:.5f} lr {lr:.3g}", file=sys.stderr, flush=True)
+
+    def log(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def sample(self, step: int, image_path: Path) -> None:
+        print(f"sample at step {step}: {image_path}", file=sys.stderr, flush=True)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        print(f"checkpoint at step {step}: {path}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RecordingReporter(BaseReporter):
+    """Keeps every callback for tests and benchmarks; can stop or request actions at given steps."""
+
+    stop_at: int | None = None
+    actions_at: dict[int, frozenset[str]] = field(default_factory=dict)
+    steps: list[tuple[int, int, float, float]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    samples: list[tuple[int, Path]] = field(default_factory=list)
+    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
+    stop_checks: int = 0
+
+    @property
+    def losses(self) -> list[float]:
+        return [s[2] for s in self.steps]
+
+    @property
+    def last_step(self) -> int:
+        return self.steps[-1][0] if self.steps else 0
+
+    def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
+        self.steps.append((step, total_steps, loss, lr))
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def sample(self, step: int, image_path: Path) -> None:
+        self.samples.append((step, image_path))
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.checkpoints.append((step, path))
+
+    def should_stop(self) -> bool:
+        self.stop_checks += 1
+        return self.stop_at is not None and self.last_step >= self.stop_at
+
+    def pending_actions(self) -> frozenset[str]:
+        return self.actions_at.pop(self.last_step, frozenset())
