@@ -142,6 +142,8 @@ JOB_STALE_AFTER_SECONDS = env_int("JOB_STALE_AFTER_SECONDS", 120, minimum=2)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 JOB_REDISPATCH_AFTER_SECONDS = env_int("JOB_REDISPATCH_AFTER_SECONDS", 300, minimum=1)
 JOB_TIME_LIMIT_HOURS = env_int("JOB_TIME_LIMIT_HOURS", 48, minimum=1)
+# Team webhooks may not target loopback/private addresses unless the operator allows it.
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

@@ -6,10 +6,11 @@ from django.urls import include, path
 from lorasite.accounts import views as account_views
 from lorasite.api import api
 from lorasite.health import healthz
+from training_app import views as training_views
 
 urlpatterns = [
     path("", account_views.dashboard, name="dashboard"),
-    path("teams/<slug:slug>/", account_views.team_dashboard, name="team-dashboard"),
+    path("teams/<slug:slug>/", training_views.dashboard, name="team-dashboard"),
     path("settings/tokens/", account_views.tokens, name="settings-tokens"),
     path("settings/tokens/<uuid:token_id>/revoke/", account_views.revoke_token, name="settings-token-revoke"),
     path("accounts/", include("django.contrib.auth.urls")),
@@ -17,4 +18,5 @@ urlpatterns = [
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("", include("datasets_app.urls")),
+    path("", include("training_app.urls")),
 ]

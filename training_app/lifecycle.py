@@ -62,9 +62,11 @@ def _transition(job_id: int, to: str, mutate: Callable[[TrainingJob], None] | No
 
 
 def _announce(job: TrainingJob) -> None:
+    from training_app.notifications import on_job_status
     from training_app.progress import publish_status
 
     transaction.on_commit(lambda: publish_status(job))
+    on_job_status(job)
 
 
 def submit(job: TrainingJob) -> TrainingJob:

@@ -166,3 +166,24 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.path}"
+
+
+class TeamWebhook(models.Model):
+    """A URL we POST to when one of the team's jobs ends, signed with the webhook's secret."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    # Kept in clear because we must sign with it; shown to the admin once, never rendered again.
+    secret = models.CharField(max_length=80)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_delivery_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return self.url

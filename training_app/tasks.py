@@ -32,3 +32,10 @@ def maintain_jobs() -> None:
 
     reap_lost_jobs()
     reconcile_queued_jobs()
+
+
+@dramatiq.actor(queue_name="default", max_retries=3, min_backoff=5_000, max_backoff=300_000, time_limit=60_000)
+def deliver_job_webhooks(job_uuid: str) -> None:
+    from training_app.notifications import deliver
+
+    deliver(job_uuid)

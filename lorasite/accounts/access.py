@@ -54,7 +54,7 @@ def get_team(user, ref: str | None, needed: Role = Role.VIEWER) -> Team:
     A user with several teams must say which one; a team they are not in is 'not found'.
     """
     if ref:
-        lookup = {"uuid": ref} if _looks_like_uuid(ref) else {"slug": ref}
+        lookup = {"uuid": ref} if looks_like_uuid(ref) else {"slug": ref}
         team = Team.objects.filter(**lookup).first()
         if team is None:
             raise NotFound("Team not found.")
@@ -93,7 +93,7 @@ def get_visible(queryset: QuerySet[M], user, needed: Role = Role.VIEWER, team_fi
     return obj
 
 
-def _looks_like_uuid(value: str) -> bool:
+def looks_like_uuid(value: str) -> bool:
     try:
         uuid.UUID(str(value))
     except ValueError:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from lorasite.accounts import access
 from lorasite.accounts.models import ApiToken
-from lorasite.errors import NotFound
 
 
 @login_required
@@ -19,16 +17,6 @@ def dashboard(request):
     if len(memberships) == 1:
         return redirect("team-dashboard", slug=memberships[0].team.slug)
     return render(request, "accounts/dashboard.html", {"memberships": memberships})
-
-
-@login_required
-def team_dashboard(request, slug: str):
-    try:
-        team = access.get_team(request.user, slug)
-    except NotFound:
-        raise Http404("Team not found") from None
-    role = access.role_in(request.user, team)
-    return render(request, "accounts/team_dashboard.html", {"team": team, "role": role})
 
 
 @login_required

@@ -1,0 +1,227 @@
+"""Portal pages: the team dashboard, the new-training form, job pages, compare, and team settings."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from datasets_app.models import Dataset
+from lorasite.accounts import access
+from lorasite.accounts.models import Membership, Role
+from lorasite.accounts.services import remove_membership, set_membership
+from lorasite.core.workers import live_workers
+from lorasite.errors import DomainError, NotFound, PermissionDenied
+from training_app import services
+from training_app.backends.registry import all_backends
+from training_app.charts import downsampled_loss_points
+from training_app.form_fields import form_groups
+from training_app.models import ArtifactKind, JobStatus, TrainingJob
+from training_app.notifications import create_webhook, delete_webhook, team_webhooks
+from training_app.presets import PRESETS
+from training_app.progress import artifact_url
+
+RECENT_FINISHED = 25
+CHART_POINTS = 2000
+
+
+def _team(request, slug: str, needed: Role = Role.VIEWER):
+    try:
+        team = access.get_team(request.user, slug, needed=needed)
+    except NotFound:
+        raise Http404("Team not found") from None
+    except PermissionDenied as exc:
+        raise DjangoPermissionDenied(exc.message) from None
+    return team, access.role_in(request.user, team)
+
+
+def _job(request, team, job_id) -> TrainingJob:
+    try:
+        job = services.get_job(request.user, job_id)
+    except NotFound:
+        raise Http404("Job not found") from None
+    if job.team_id != team.pk:
+        raise Http404("Job not found")
+    return job
+
+
+def dashboard_context(team) -> dict:
+    """Everything the dashboard shows, in a constant number of queries whatever the job counts."""
+    jobs = TrainingJob.objects.filter(team=team).select_related("created_by", "base_model", "dataset").defer(
+        "snapshot", "config")
+    running = list(jobs.filter(status__in=[JobStatus.RUNNING, JobStatus.CANCELLING]).order_by("started_at"))
+    queued = list(jobs.filter(status=JobStatus.QUEUED).order_by("-priority", "queued_at", "id"))
+    finished = list(jobs.filter(status__in=[JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED])
+                    .order_by("-finished_at", "-id")[:RECENT_FINISHED])
+    workers = live_workers()
+    backends = []
+    for backend in all_backends():
+        available, detail = backend.availability()
+        backends.append({"name": backend.name, "label": backend.label, "available": available, "detail": detail})
+    return {"team": team, "running": running, "queued": queued, "finished": finished, "workers": workers,
+            "backends": backends}
+
+
+@login_required
+def dashboard(request, slug: str):
+    team, role = _team(request, slug)
+    context = dashboard_context(team) | {"role": role, "can_train": role.allows(Role.MEMBER)}
+    if request.GET.get("fragment") == "jobs":
+        return render(request, "training/_dashboard_jobs.html", context)
+    return render(request, "training/dashboard.html", context)
+
+
+@login_required
+def new_training(request, slug: str):
+    team, role = _team(request, slug, needed=Role.MEMBER)
+    datasets = list(Dataset.objects.filter(team=team).order_by("name"))
+    base_models = list(services.base_models_for(team))
+    errors: list[dict] = []
+    detail = ""
+    initial = _clone_values(request, team)
+    if request.method == "POST":
+        try:
+            payload = json.loads(request.POST.get("payload") or "{}")
+            job = services.submit_job(request.user, dataset_id=payload.get("dataset_id"),
+                                      base_model=payload.get("base_model", ""), backend=payload.get("backend", "local"),
+                                      preset=payload.get("preset") or None, config=payload.get("config") or {},
+                                      name=payload.get("name") or None)
+            return redirect("training:job", slug=team.slug, job_id=job.uuid)
+        except (ValueError, TypeError):
+            detail = "The form could not be read; try again."
+        except DomainError as exc:
+            detail, errors = exc.message, getattr(exc, "errors", [])
+        initial = payload if isinstance(payload, dict) else initial
+    backends = [{"name": b.name, "label": b.label, "families": list(b.families), "paid": b.paid} for b in all_backends()]
+    return render(request, "training/new.html", {
+        "team": team, "role": role, "datasets": datasets, "base_models": base_models, "backends": backends,
+        "presets": PRESETS, "initial": initial, "errors": errors, "error_detail": detail, "groups": form_groups(),
+        "page_data": {"presets": PRESETS, "backends": backends, "initial": initial, "errors": errors,
+                      "datasets": [{"id": str(d.uuid), "name": d.name, "trigger_word": d.trigger_word,
+                                    "default_resolution": d.default_resolution} for d in datasets],
+                      "base_models": [{"name": m.name, "family": m.family} for m in base_models]},
+    }, status=422 if detail else 200)
+
+
+def _clone_values(request, team) -> dict:
+    source = request.GET.get("clone")
+    if not source:
+        return {}
+    try:
+        job = services.get_job(request.user, source)
+    except NotFound:
+        return {}
+    if job.team_id != team.pk:
+        return {}
+    return {"dataset_id": str(job.dataset.uuid) if job.dataset else "", "base_model": job.base_model.name,
+            "backend": job.backend, "preset": job.preset, "config": job.config, "name": f"{job.name} (copy)"}
+
+
+@login_required
+def job_page(request, slug: str, job_id):
+    team, role = _team(request, slug)
+    job = _job(request, team, job_id)
+    artifacts = list(job.artifacts.select_related("job"))
+    samples = [a for a in artifacts if a.kind == ArtifactKind.SAMPLE]
+    files = [a for a in artifacts if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS)]
+    points = downsampled_loss_points(job, max_points=CHART_POINTS)
+    return render(request, "training/job.html", {
+        "team": team, "role": role, "job": job, "can_train": role.allows(Role.MEMBER), "files": files,
+        "samples": [{"step": a.step, "url": artifact_url(a), "prompt": a.prompt} for a in samples],
+        "queue_position": services.queue_position(job),
+        "chart_data": {"points": [[p.step, p.loss, p.lr] for p in points], "job": str(job.uuid),
+                       "status": job.status},
+        "config_json": json.dumps(job.config, indent=2, sort_keys=True),
+        "logs": [log.line for log in job.logs.order_by("-id")[:200]][::-1],
+    })
+
+
+@login_required
+@require_POST
+def job_control(request, slug: str, job_id, action: str):
+    team, _ = _team(request, slug, needed=Role.MEMBER)
+    job = _job(request, team, job_id)
+    try:
+        if action == "cancel":
+            services.cancel_job(request.user, job.uuid)
+        elif action == "retry":
+            services.retry_job(request.user, job.uuid)
+        elif action in ("sample", "save"):
+            services.request_action(request.user, job.uuid, action)
+            messages.success(request, f"The trainer will {action} at its next step.")
+        else:
+            raise Http404()
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("training:job", slug=team.slug, job_id=job.uuid)
+
+
+@login_required
+def compare(request, slug: str):
+    team, role = _team(request, slug)
+    chosen = [j for j in request.GET.getlist("jobs") if j][:6]
+    jobs = list(TrainingJob.objects.filter(team=team).select_related("base_model").defer("snapshot")
+                .order_by("-created_at")[:200])
+    selected = [j for j in jobs if str(j.uuid) in chosen]
+    series = []
+    for job in selected:
+        points = downsampled_loss_points(job, max_points=800)
+        sample = job.artifacts.filter(kind=ArtifactKind.SAMPLE).select_related("job").order_by("-step").first()
+        series.append({"id": str(job.uuid), "name": job.name, "points": [[p.step, p.loss] for p in points],
+                       "sample": artifact_url(sample) if sample else None, "config": job.config,
+                       "status": job.status})
+    return render(request, "training/compare.html", {"team": team, "role": role, "jobs": jobs,
+                                                     "selected": selected, "chosen": chosen,
+                                                     "series": series})
+
+
+@login_required
+def team_settings(request, slug: str):
+    team, role = _team(request, slug)
+    is_admin = role.allows(Role.ADMIN)
+    if request.method == "POST":
+        team, role = _team(request, slug, needed=Role.ADMIN)
+        _apply_settings_form(request, team, role)
+        return redirect(reverse("training:settings", args=[team.slug]))
+    memberships = Membership.objects.filter(team=team).select_related("user").order_by("user__username")
+    return render(request, "training/settings.html", {
+        "team": team, "role": role, "is_admin": is_admin, "memberships": memberships, "roles": Role.choices,
+        "backends": [{"name": b.name, "label": b.label, "families": b.families, "paid": b.paid,
+                      "state": b.availability()} for b in all_backends()],
+        "webhooks": team_webhooks(team) if is_admin else [],
+    })
+
+
+def _apply_settings_form(request, team, role) -> None:
+    action = request.POST.get("action")
+    try:
+        if action == "member":
+            set_membership(team, request.POST.get("username", "").strip(), Role(request.POST.get("role", "member")),
+                           acting_role=role)
+            messages.success(request, "Member saved.")
+        elif action == "remove-member":
+            remove_membership(team, request.POST.get("username", ""), acting_role=role)
+            messages.success(request, "Member removed.")
+        elif action == "limits":
+            value = int(request.POST.get("max_concurrent_jobs", "0"))
+            if not 1 <= value <= 64:
+                raise ValueError
+            team.max_concurrent_jobs = value
+            team.save(update_fields=["max_concurrent_jobs"])
+            messages.success(request, "Limit saved.")
+        elif action == "webhook":
+            _, secret = create_webhook(team, request.POST.get("url", ""), request.user)
+            messages.success(request, f"Webhook added. Its signing secret (shown once): {secret}")
+        elif action == "remove-webhook":
+            delete_webhook(team, request.POST.get("webhook", ""))
+            messages.success(request, "Webhook removed.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    except ValueError:
+        messages.error(request, "Concurrent jobs must be a whole number between 1 and 64.")
