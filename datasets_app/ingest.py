@@ -1,7 +1,7 @@
 """Getting images into a dataset: uploaded files, zip archives and folders, one file at a time.
 
-Every file is validated by content and stored in its own transaction, so one bad file is reported
-and skipped while the others go in, and a file that fails leaves no row and no bytes behind.
+Every file is validated by content and stored (batch.py) so that one bad file is reported and
+skipped while the others go in, and a file that fails leaves no row and no bytes behind.
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from datasets_app.models import Caption, CaptionSource, Dataset, DatasetImage, ReviewState
-from datasets_app.storage import discard_new_blob, lock_or_create_blob
+from datasets_app.batch import BatchWriter, Prepared
+from datasets_app.models import Dataset, DatasetImage, ReviewState
 from datasets_app.validation import (
+    InspectedImage,
     Limits,
     Rejected,
     archive_kind,
     check_size,
     decode_caption,
-    hamming,
     inspect_image,
     open_archive,
     read_member,
@@ -164,10 +163,28 @@ def ingest_entries(dataset: Dataset, entries: Iterable[Entry], user=None, limits
     report = IngestReport()
     images, captions = _split_captions(list(entries))
     known = dict(DatasetImage.objects.filter(dataset=dataset).values_list("sha256", "uuid"))
-    hashes = [(h, pk) for h, pk in DatasetImage.objects.filter(dataset=dataset).exclude(phash="")
-              .values_list("phash", "pk")]
+    # (hash as int, the image's pk or its still-pending Prepared, uuid) for near-duplicate checks.
+    hashes: list[tuple[int, object, object]] = [
+        (int(h, 16), pk, uuid) for h, pk, uuid in
+        DatasetImage.objects.filter(dataset=dataset).exclude(phash="").values_list("phash", "pk", "uuid")]
     threshold = settings.DATASET_NEAR_DUPLICATE_DISTANCE
     used_captions: set[str] = set()
+
+    def added(item: Prepared) -> None:
+        image = item.image
+        report.added.append({"id": str(image.uuid), "name": item.name, "sha256": image.sha256,
+                             "width": image.width, "height": image.height, "format": image.format,
+                             "caption": image.caption, "near_duplicate_of": item.near_uuid})
+
+    def duplicate(item: Prepared) -> None:
+        sha = item.image.sha256
+        existing = DatasetImage.objects.filter(dataset=dataset, sha256=sha).values_list("uuid", flat=True).first()
+        report.duplicates.append({"name": item.name, "sha256": sha, "existing_id": str(existing)})
+
+    def failed(item: Prepared) -> None:
+        report.rejected.append({"name": item.name, "reason": "unexpected error while reading this file"})
+
+    writer = BatchWriter(added, duplicate, failed)
     for done, entry in enumerate(images, start=1):
         try:
             if entry.error:
@@ -190,26 +207,29 @@ def ingest_entries(dataset: Dataset, entries: Iterable[Entry], user=None, limits
                                      repeats=repeats_from_path(entry.path),
                                      original_name=Path(entry.path).name)
             used_captions.add(caption_key)
-            near = next((pk for h, pk in hashes if hamming(h, inspected.phash) <= threshold), None)
-            image = _store(dataset, user, data, sha, inspected, meta, near)
+            item = _prepare(dataset, user, entry.name, data, sha, inspected, meta)
+            phash = int(inspected.phash, 16)
+            near = next(((target, uuid) for h, target, uuid in hashes if (h ^ phash).bit_count() <= threshold),
+                        None)
+            if near is not None:
+                target, item.near_uuid = near[0], str(near[1])
+                if isinstance(target, Prepared):
+                    if writer.is_pending(target):
+                        writer.flush()  # the row it points at must exist first
+                    target = target.image.pk
+                item.image.near_duplicate_of_id = target
+            known[sha] = item.image.uuid
+            hashes.append((phash, item, item.image.uuid))
+            writer.add(item)
         except Rejected as exc:
             report.rejected.append({"name": entry.name, "reason": exc.reason})
-        except IntegrityError:
-            # The same bytes arrived through a concurrent upload between our check and our insert.
-            existing = DatasetImage.objects.filter(dataset=dataset, sha256=sha).values_list("uuid", flat=True).first()
-            report.duplicates.append({"name": entry.name, "sha256": sha, "existing_id": str(existing)})
         except Exception:
             # The outermost edge of one file: log it and let the rest of the upload continue.
             logger.exception("unexpected error ingesting %s", entry.name)
             report.rejected.append({"name": entry.name, "reason": "unexpected error while reading this file"})
-        else:
-            known[sha] = image.uuid
-            hashes.append((image.phash, image.pk))
-            report.added.append({"id": str(image.uuid), "name": entry.name, "sha256": sha,
-                                 "width": image.width, "height": image.height, "format": image.format,
-                                 "caption": image.caption, "near_duplicate_of": _uuid_of(near)})
         if progress:
             progress(done, len(images))
+    writer.flush()
     for key, entry in captions.items():
         if key not in used_captions:
             report.rejected.append({"name": entry.name, "reason": "caption file with no image of the same name"})
@@ -241,32 +261,12 @@ def _caption_text(entry: Entry | None, limits: Limits, report: IngestReport) -> 
         return ""
 
 
-def _uuid_of(pk: int | None) -> str | None:
-    if pk is None:
-        return None
-    return str(DatasetImage.objects.filter(pk=pk).values_list("uuid", flat=True).first())
-
-
-def _store(dataset: Dataset, user, data: bytes, sha: str, inspected, meta: ImageMetadata,
-           near: int | None) -> DatasetImage:
+def _prepare(dataset: Dataset, user, name: str, data: bytes, sha: str, inspected: InspectedImage,
+             meta: ImageMetadata) -> Prepared:
     reviewed = meta.review_state != ReviewState.PENDING
-    with transaction.atomic():
-        blob, created = lock_or_create_blob(sha, inspected.format, inspected.extension, data,
-                                            inspected.thumbnail_jpeg)
-        try:
-            with transaction.atomic():
-                image = DatasetImage.objects.create(
-                    dataset=dataset, blob=blob, sha256=sha, phash=inspected.phash, near_duplicate_of_id=near,
-                    width=inspected.width, height=inspected.height, format=inspected.format,
-                    size_bytes=len(data), original_name=meta.original_name[:255],
-                    review_state=meta.review_state, repeats=max(1, meta.repeats), caption=meta.caption,
-                    reviewed_by=user if reviewed else None, reviewed_at=timezone.now() if reviewed else None,
-                )
-                if meta.caption:
-                    Caption.objects.create(image=image, text=meta.caption, source=CaptionSource.IMPORT,
-                                           created_by=user)
-        except BaseException:
-            if created:
-                discard_new_blob(blob)
-            raise
-    return image
+    image = DatasetImage(
+        dataset=dataset, sha256=sha, phash=inspected.phash, width=inspected.width, height=inspected.height,
+        format=inspected.format, size_bytes=len(data), original_name=meta.original_name[:255],
+        review_state=meta.review_state, repeats=max(1, meta.repeats), caption=meta.caption,
+        reviewed_by=user if reviewed else None, reviewed_at=timezone.now() if reviewed else None)
+    return Prepared(name=name, data=data, inspected=inspected, image=image, caption_user=user)

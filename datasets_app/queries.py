@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 
 from django.db.models import Count, F, QuerySet
 from django.urls import reverse
@@ -67,12 +68,27 @@ def image_out(image: DatasetImage, dataset: Dataset, crop_at: tuple[int, bool] |
         "reviewed_by": image.reviewed_by.username if image.reviewed_by_id else None,
         "reviewed_at": image.reviewed_at, "repeats": image.repeats, "caption": image.caption,
         "near_duplicate_of": near, "created_at": image.created_at,
-        "thumbnail_url": reverse("datasets:image-thumbnail", args=[image.uuid]),
-        "file_url": reverse("datasets:image-file", args=[image.uuid]),
+        "thumbnail_url": image_url("datasets:image-thumbnail", image.uuid),
+        "file_url": image_url("datasets:image-file", image.uuid),
     }
     if crop_at is not None:
         out["crop"] = crop_fractions(image.width, image.height, *crop_at)
     return out
+
+
+_PLACEHOLDER = uuid.UUID(int=0)
+
+
+def image_url(name: str, image_uuid) -> str:
+    """reverse() once per URL name, then string substitution: reversing per row was a fifth of the
+    time of a 50-image page."""
+    template = _url_templates.get(name)
+    if template is None:
+        template = _url_templates[name] = reverse(name, args=[_PLACEHOLDER]).replace(str(_PLACEHOLDER), "{}")
+    return template.format(image_uuid)
+
+
+_url_templates: dict[str, str] = {}
 
 
 def crop_fractions(width: int, height: int, resolution: int, bucketing: bool) -> dict:

@@ -168,7 +168,7 @@ def test_a_failure_while_storing_leaves_no_row_and_no_file(dataset, member, uplo
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Caption.objects, "create", explode)
+    monkeypatch.setattr(Caption.objects, "bulk_create", explode)
     _, report = upload(member, dataset, {"x.png": image_bytes(), "x.txt": b"a caption"})
     assert reasons(report)["x.png"] == "unexpected error while reading this file"
     assert DatasetImage.objects.count() == 0 and StoredBlob.objects.count() == 0
@@ -194,3 +194,20 @@ def test_exif_orientation_is_applied_to_the_recorded_size(dataset, member, uploa
     img.save(buffer, format="JPEG", exif=exif)
     _, report = upload(member, dataset, {"phone.jpg": buffer.getvalue()})
     assert (report["added"][0]["width"], report["added"][0]["height"]) == (20, 60)
+
+
+def test_a_failing_file_in_a_batch_fails_alone(dataset, member, upload, monkeypatch):
+    real = Caption.objects.bulk_create
+
+    def picky(objs, *args, **kwargs):
+        if any(c.text == "boom" for c in objs):
+            raise RuntimeError("this caption breaks the database")
+        return real(objs, *args, **kwargs)
+
+    monkeypatch.setattr(Caption.objects, "bulk_create", picky)
+    a, b, c = distinct_images(3)
+    _, report = upload(member, dataset, {"a.png": a, "a.txt": b"fine", "b.png": b, "b.txt": b"boom", "c.png": c})
+    assert sorted(x["name"] for x in report["added"]) == ["a.png", "c.png"]
+    assert reasons(report) == {"b.png": "unexpected error while reading this file"}
+    assert StoredBlob.objects.count() == 2
+    assert len([f for f in media_files() if f.startswith("blobs/")]) == 4
