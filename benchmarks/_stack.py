@@ -47,6 +47,12 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _raise_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -165,9 +171,12 @@ class Stack(contextlib.ExitStack):
                     os.killpg(process.pid, signal.SIGKILL)  # its own session: only what it started
                 process.wait()
 
-    def log_tail(self, name: str, lines: int = 40) -> str:
+    def log_text(self, name: str) -> str:
         path = self.work / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        return "\n".join(self.log_text(name).splitlines()[-lines:])
 
     def wait_for_port(self, port: int, process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
@@ -63,3 +64,25 @@ def publish(group: str, payload: dict[str, Any]) -> None:
         async_to_sync(layer.group_send)(group, message)
     except Exception:
         logger.warning("could not publish to %s", group, exc_info=True)
+
+
+class RelayConsumer(AsyncJsonWebsocketConsumer):
+    """Base for consumers that relay one group's payloads: subclasses decide access in `connect`
+    (before accepting) and call `join(group)`."""
+
+    group: str | None = None
+
+    async def join(self, group: str) -> None:
+        self.group = group
+        await self.channel_layer.group_add(group, self.channel_name)
+
+    async def disconnect(self, code):
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def relay_message(self, event):
+        await self.send_json(event["payload"])
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "ping":
+            await self.send_json({"type": "pong"})

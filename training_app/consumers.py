@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from lorasite.realtime import job_group
+from lorasite.realtime import RelayConsumer, job_group
 
 SNAPSHOT_POINTS = 1000
 
 
-class JobConsumer(AsyncJsonWebsocketConsumer):
+class JobConsumer(RelayConsumer):
     async def connect(self):
         job_id = self.scope["url_route"]["kwargs"]["job_id"]
         job = await self._job_if_visible(job_id)
         if job is None:
             await self.close(code=4404)
             return
-        self.group = job_group(job.uuid)
         # Join before reading the snapshot: a message sent in between arrives twice at worst, never lost.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(job_group(job.uuid))
         await self.accept()
         await self.send_json(await self._snapshot(job.pk))
-
-    async def disconnect(self, code):
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
-    async def relay_message(self, event):
-        await self.send_json(event["payload"])
-
-    async def receive_json(self, content, **kwargs):
-        if content.get("type") == "ping":
-            await self.send_json({"type": "pong"})
 
     @database_sync_to_async
     def _job_if_visible(self, job_id):

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from lorasite.accounts.models import Membership, Team
-from lorasite.realtime import team_group
+from lorasite.realtime import RelayConsumer, team_group
 
 
-class TeamConsumer(AsyncJsonWebsocketConsumer):
+class TeamConsumer(RelayConsumer):
     async def connect(self):
         team = await self._team_if_member(self.scope["url_route"]["kwargs"]["team_id"])
         if team is None:
             # Decide before accepting: outsiders and anonymous users never see the stream.
             await self.close(code=4404)
             return
-        self.group = team_group(team.uuid)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(team_group(team.uuid))
         await self.accept()
         await self.send_json({"type": "hello", "team": str(team.uuid), "slug": team.slug})
-
-    async def disconnect(self, code):
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
-    async def relay_message(self, event):
-        await self.send_json(event["payload"])
-
-    async def receive_json(self, content, **kwargs):
-        if content.get("type") == "ping":
-            await self.send_json({"type": "pong"})
 
     @database_sync_to_async
     def _team_if_member(self, team_id: str) -> Team | None:
