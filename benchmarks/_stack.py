@@ -120,8 +120,9 @@ class Stack(contextlib.ExitStack):
 
     def _production_env(self) -> dict[str, str]:
         """What a production process gets (see README "Run modes"), pointed at this run's resources."""
+        dropped = {"LORASITE_BROKER", "RABBITMQ_URL"}
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PYTEST", "DJANGO_", "dramatiq_")) and k not in {"LORASITE_BROKER", "RABBITMQ_URL"}}
+               if not k.startswith(("PYTEST", "DJANGO_", "dramatiq_")) and k not in dropped}
         env.update(
             DJANGO_SETTINGS_MODULE="lorasite.settings",
             DATABASE_URL=self.database_url(),

@@ -48,7 +48,8 @@ def make_fixtures():
     Membership.objects.create(team=team, user=user, role=Role.MEMBER)
     BaseModel.objects.create(name=BASE_MODEL, family="sd15", location="missing/bench-sd15")
     dataset = Dataset.objects.create(team=team, name="bench")
-    blob = StoredBlob.objects.create(sha256="0" * 64, file="blobs/00/missing.jpg", format="JPEG", size_bytes=1)
+    blob = StoredBlob.objects.create(sha256="0" * 64, file="blobs/00/missing.jpg", format="JPEG",
+                                     size_bytes=1)
     DatasetImage.objects.create(dataset=dataset, blob=blob, sha256=blob.sha256, width=512, height=512,
                                 format="JPEG", size_bytes=1, caption="bench")
     return user, dataset
@@ -65,7 +66,8 @@ def submit_and_time(user, dataset, index: int, timeout: float = 30.0) -> dict[st
     with transaction.atomic():
         # Registered first, so it runs first after COMMIT, before the hooks that send the message.
         transaction.on_commit(lambda: marks.setdefault("commit", time.time()))
-        job = submit_job(user, dataset_id=dataset.uuid, base_model=BASE_MODEL, config=CONFIG, name=f"bench-{index}")
+        job = submit_job(user, dataset_id=dataset.uuid, base_model=BASE_MODEL, config=CONFIG,
+                         name=f"bench-{index}")
     rows = TrainingJob.objects.filter(pk=job.pk)
     deadline = time.monotonic() + timeout
     while True:
@@ -119,8 +121,8 @@ def summarize(results: list[dict[str, float]], key: str = "dispatch_ms") -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=30, help="timed submissions per worker configuration")
-    parser.add_argument("--idle-min", type=float, default=1.0, help="seconds idle before each submission, at least")
-    parser.add_argument("--idle-max", type=float, default=2.0, help="seconds idle before each submission, at most")
+    parser.add_argument("--idle-min", type=float, default=1.0, help="idle s before a submission, at least")
+    parser.add_argument("--idle-max", type=float, default=2.0, help="idle s before a submission, at most")
     parser.add_argument("--tuned-timeout-ms", type=int, default=50,
                         help="dramatiq_worker_timeout for the tuned worker; 0 skips the tuned run")
     parser.add_argument("--seed", type=int, default=1)

@@ -151,14 +151,14 @@ async def phase(stack: Stack, port: int, daphne_pid: int, token: str, job, count
 
 async def publish(stack: Stack, job, steps: int, rate: float) -> list[list[str]]:
     """Run the publisher subprocess to its end; its `step time published step_ms` lines."""
-    out = stack.work / f"publisher-{job.pk}.txt"
-    publisher = stack.start(f"publisher-{job.pk}", [sys.executable, str(Path(__file__).resolve()), "--publisher",
-                                                    str(job.pk), "--steps", str(steps), "--rate", str(rate),
-                                                    "--out", str(out)])
+    name = f"publisher-{job.pk}"
+    out = stack.work / f"{name}.txt"
+    publisher = stack.start(name, [sys.executable, str(Path(__file__).resolve()), "--publisher", str(job.pk),
+                                   "--steps", str(steps), "--rate", str(rate), "--out", str(out)])
     while publisher.poll() is None:
         await asyncio.sleep(0.2)
     if publisher.returncode != 0:
-        raise RuntimeError(f"publisher exited with {publisher.returncode}:\n{stack.log_tail(f'publisher-{job.pk}')}")
+        raise RuntimeError(f"publisher exited with {publisher.returncode}:\n{stack.log_tail(name)}")
     return [line.split() for line in out.read_text().splitlines()]
 
 
@@ -218,7 +218,8 @@ async def run(stack: Stack, port: int, daphne_pid: int, token: str, jobs: list, 
     if args.baseline_duration > 0:
         base = await phase(stack, port, daphne_pid, token, jobs[1], 1, args.baseline_duration, args)
         result.update(baseline_1_client_p50_ms=base["p50_ms"], baseline_1_client_p99_ms=base["p99_ms"])
-    return {**await phase(stack, port, daphne_pid, token, jobs[0], args.clients, args.duration, args), **result}
+    main_phase = await phase(stack, port, daphne_pid, token, jobs[0], args.clients, args.duration, args)
+    return {**main_phase, **result}
 
 
 def main() -> None:
@@ -226,7 +227,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0, help="reporter.step() calls a second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing")
-    parser.add_argument("--baseline-duration", type=float, default=5.0, help="seconds of the 1-client baseline; 0 skips it")
+    parser.add_argument("--baseline-duration", type=float, default=5.0,
+                        help="seconds of the 1-client baseline; 0 skips it")
     parser.add_argument("--connect-concurrency", type=int, default=20, help="websocket handshakes at once")
     parser.add_argument("--publisher", type=int, metavar="JOB_PK", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)

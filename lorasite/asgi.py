@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasite.settings")
@@ -31,3 +32,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Long-lived start-up objects (modules, URL patterns, templates) need never be scanned again: without
+# this, full collections in a busy daphne take 60-80 ms and set the websocket latency tail.
+gc.collect()
+gc.freeze()

@@ -152,7 +152,10 @@ if REDIS_URL:
             # Progress streams are bounded and snapshot-able, but give slow consumers some slack.
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis' 5 s
             # BZPOPMIN: the two race and the read times out, killing the consumer. Read longer.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30,
+            # redis-py's pool also refuses (instead of waiting) past 100 connections, which a burst of
+            # disconnecting websockets exceeds, leaving dead channels in groups.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
+                       "capacity": 1000, "expiry": 30,
                        "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi")},
         }
     }

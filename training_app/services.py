@@ -74,8 +74,9 @@ def submit_job(user, *, dataset_id, base_model: str, backend: str = "local", pre
         snapshot=snapshot, snapshot_sha256=snapshot["sha256"], image_count=len(snapshot["images"]),
         total_steps=planned_total_steps(cfg, snapshot["images"]), priority=priority,
     )
-    lifecycle.submit(job)
+    # Dispatch first after commit: the worker's message matters more than the status broadcasts.
     transaction.on_commit(lambda: dispatch.dispatch_team(team.pk))
+    lifecycle.submit(job)
     return job
 
 

@@ -12,10 +12,14 @@ document.addEventListener("DOMContentLoaded", () => {
     steps = points.map((p) => p[0]); losses = points.map((p) => p[1]); lrs = points.map((p) => p[2]);
   }
   function redraw() {
+    // Exposed for people and tests: how many points the chart holds, up to which step.
+    lossEl.dataset.points = steps.length;
+    lossEl.dataset.lastStep = steps.length ? steps[steps.length - 1] : 0;
     if (!window.uPlot) return;
     if (!lossPlot) {
       lossPlot = lorasiteCharts.lossChart(lossEl, { logScale });
-      lrPlot = lorasiteCharts.lossChart(lrEl, { series: [{ label: "learning rate", stroke: "#e3a008", width: 2 }] });
+      lrPlot = lorasiteCharts.lossChart(lrEl, { series: [{ label: "learning rate", stroke: "#e3a008", width: 2 }],
+                                                 yValues: (u, values) => values.map((v) => v.toExponential(1)) });
     }
     lossPlot.setData([steps, losses, lorasiteCharts.ema(losses)]);
     lrPlot.setData([steps, lrs]);
