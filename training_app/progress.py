@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import time
 from collections import deque
@@ -78,6 +79,15 @@ def record_artifact(job: TrainingJob, kind: str, path: Path, step: int | None = 
     return artifact
 
 
+def sample_prompt(job: TrainingJob, image_path: Path) -> str:
+    """The prompt of a sample image: the trainer names them `step-<step>-<prompt index>.png`."""
+    match = re.fullmatch(r"step-\d+-(\d+)\.png", Path(image_path).name)
+    prompts = job.config.get("sample_prompts") or []
+    if match and int(match.group(1)) < len(prompts):
+        return prompts[int(match.group(1))]
+    return ""
+
+
 class JobReporter:
     """The trainer's Reporter for one job run by one worker."""
 
@@ -136,9 +146,10 @@ class JobReporter:
             target = target_dir / image_path.name
             shutil.copyfile(image_path, target)
             image_path = target
-        artifact = record_artifact(self.job, ArtifactKind.SAMPLE, image_path, step=step)
+        artifact = record_artifact(self.job, ArtifactKind.SAMPLE, image_path, step=step,
+                                   prompt=sample_prompt(self.job, image_path))
         publish_to_job_and_team(self.job, {"type": "sample", "job": str(self.job.uuid), "step": step,
-                                           "url": artifact_url(artifact)})
+                                           "url": artifact_url(artifact), "prompt": artifact.prompt})
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.flush()

@@ -128,7 +128,8 @@ def job_page(request, slug: str, job_id):
     team, role = _team(request, slug)
     job = _job(request, team, job_id)
     artifacts = list(job.artifacts.select_related("job"))
-    samples = [a for a in artifacts if a.kind == ArtifactKind.SAMPLE]
+    # A grid by step, then prompt (the order the trainer renders them in).
+    samples = sorted((a for a in artifacts if a.kind == ArtifactKind.SAMPLE), key=lambda a: (a.step or 0, a.path))
     files = [a for a in artifacts if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS)]
     points = downsampled_loss_points(job, max_points=CHART_POINTS)
     return render(request, "training/job.html", {

@@ -59,10 +59,11 @@ document.addEventListener("DOMContentLoaded", () => {
     if (none) none.remove();
     if (box.querySelector(`img[src="${sample.url}"]`)) return;
     const figure = document.createElement("figure");
+    figure.dataset.sampleStep = sample.step;
     const img = document.createElement("img");
-    img.src = sample.url; img.alt = `Sample at step ${sample.step}`;
+    img.src = sample.url; img.alt = `Sample at step ${sample.step}: ${sample.prompt || ""}`;
     const caption = document.createElement("figcaption");
-    caption.textContent = `step ${sample.step}`;
+    caption.textContent = `step ${sample.step}` + (sample.prompt ? ` · ${sample.prompt}` : "");
     figure.append(img, caption);
     box.append(figure);
   }

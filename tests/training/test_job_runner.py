@@ -25,6 +25,7 @@ def test_job_completes_with_both_lora_layouts_loss_points_and_a_sample(member, d
     assert list(job.loss_points.values_list("step", flat=True)) == list(range(1, 9))
     kinds = set(job.artifacts.values_list("kind", flat=True))
     assert {ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS, ArtifactKind.CHECKPOINT, ArtifactKind.SAMPLE} <= kinds
+    assert job.artifacts.get(kind=ArtifactKind.SAMPLE).prompt == "shp, a square"
     kohya = job.artifacts.get(kind=ArtifactKind.LORA_KOHYA)
     assert kohya.size_bytes > 0 and len(kohya.sha256) == 64
     from django.conf import settings
