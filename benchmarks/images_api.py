@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _inprocess import setup_django
 
 
 def main() -> None:
@@ -30,22 +30,12 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=50)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="lorasite-bench-api-"))
-    os.environ.setdefault("LORASITE_VAR_DIR", str(work / "var"))
-    os.environ["MEDIA_ROOT"] = str(work / "media")
-    os.environ["ALLOWED_HOSTS"] = "testserver"
-    os.environ.setdefault("LORASITE_BROKER", "stub")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasite.settings")
-    import django
-
-    django.setup()
+    setup_django("api", client_host=True)
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    call_command("migrate", verbosity=0, interactive=False)
     from datasets_app.models import Dataset, DatasetImage, ReviewState, StoredBlob
     from lorasite.accounts.models import ApiToken, Membership, Role, Team
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _inprocess import setup_django
 
 
 def make_jpegs(count: int, size: int) -> list[bytes]:
@@ -73,17 +72,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="lorasite-bench-ingest-"))
-    os.environ.setdefault("LORASITE_VAR_DIR", str(work / "var"))
-    os.environ["MEDIA_ROOT"] = str(work / "media")
-    os.environ.setdefault("LORASITE_BROKER", "stub")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasite.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
+    work = setup_django("ingest")
     from django.db import connection
 
     from datasets_app.ingest import ingest_entries, limits_from_settings, upload_entries
