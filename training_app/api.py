@@ -6,18 +6,14 @@ from pathlib import Path
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import Q
 from django.http import FileResponse
 from ninja import Query, Router, Status
 
-from datasets_app.models import Dataset
-from datasets_app.snapshot import build_snapshot
 from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
 from training_app import services
-from training_app.backends.registry import all_backends, get_backend
-from training_app.estimates import effective_repeats, estimate, planned_total_steps
-from training_app.models import Artifact, ArtifactKind, BaseModel, JobStatus, TrainingJob
+from training_app.backends.registry import all_backends
+from training_app.models import Artifact, ArtifactKind, JobStatus, TrainingJob
 from training_app.presets import PRESETS
 from training_app.progress import artifact_url
 from training_app.schemas import (
@@ -61,36 +57,17 @@ def list_base_models(request, team: str | None = None):
         teams = [access.get_team(request.user, team)]
     else:
         teams = list(access.teams_for(request.user))
-    models = BaseModel.objects.filter(enabled=True).filter(Q(team__isnull=True) | Q(team__in=teams))
+    models = services.base_models_for(*teams)
     return [BaseModelOut(id=m.uuid, name=m.name, family=m.family, description=m.description,
                          available=True, detail="") for m in models]
 
 
 @router.post("/estimate", response=EstimateOut)
 def post_estimate(request, payload: EstimateIn):
-    dataset = None
-    if payload.dataset_id:
-        dataset = access.get_visible(Dataset.objects.all(), request.user, uuid=payload.dataset_id)
-    cfg = services.build_config(payload.preset, payload.config, dataset)
-    family, tiny = payload.family, False
-    if payload.base_model:
-        teams = [dataset.team] if dataset else list(access.teams_for(request.user))
-        model = BaseModel.objects.filter(Q(team__isnull=True) | Q(team__in=teams), name=payload.base_model).first()
-        if model is None:
-            raise InvalidInput(f"Unknown base model {payload.base_model!r}.",
-                               [{"loc": ["base_model"], "msg": "no such base model"}])
-        family, tiny = model.family, model.name.startswith("tiny-")
-    family = family or "sd15"
-    backend = get_backend(payload.backend)
-    if dataset is not None:
-        images = build_snapshot(dataset)["images"]
-        count, samples = len(images), sum(effective_repeats(i, cfg) for i in images)
-    elif payload.image_count:
-        count, samples, images = payload.image_count, None, []
-    else:
-        raise InvalidInput("Give a dataset_id or an image_count.", [{"loc": ["image_count"], "msg": "required"}])
-    result = estimate(cfg, count, family, gpu=payload.gpu, paid=backend.paid, tiny=tiny, repeats_total=samples,
-                      total_steps=planned_total_steps(cfg, images) if dataset is not None else None)
+    result = services.estimate_job(request.user, config=payload.config, preset=payload.preset,
+                                   dataset_id=payload.dataset_id, image_count=payload.image_count,
+                                   base_model=payload.base_model, family=payload.family, backend=payload.backend,
+                                   gpu=payload.gpu)
     return EstimateOut(**result.__dict__)
 
 

@@ -16,19 +16,20 @@ from lorasite.errors import InvalidInput
 from training_app import dispatch, lifecycle
 from training_app.backends.registry import get_backend
 from training_app.config import TrainingConfig, validation_errors
-from training_app.estimates import planned_total_steps
+from training_app.estimates import Estimate, effective_repeats, estimate, planned_total_steps
 from training_app.models import BaseModel, JobStatus, TrainingJob
 from training_app.presets import preset_values
 
 ALLOWED_ACTIONS = ("sample", "save")
 
 
-def base_models_for(team: Team):
-    return BaseModel.objects.filter(enabled=True).filter(Q(team__isnull=True) | Q(team=team))
+def base_models_for(*teams: Team):
+    return BaseModel.objects.filter(enabled=True).filter(Q(team__isnull=True) | Q(team__in=teams))
 
 
-def get_base_model(team: Team, name: str) -> BaseModel:
-    model = base_models_for(team).filter(name=name).first()
+def get_base_model(team: Team | list[Team], name: str) -> BaseModel:
+    teams = team if isinstance(team, list) else [team]
+    model = base_models_for(*teams).filter(name=name).first()
     if model is None:
         raise InvalidInput(f"Unknown base model {name!r}.", [{"loc": ["base_model"], "msg": "no such base model"}])
     return model
@@ -78,6 +79,27 @@ def submit_job(user, *, dataset_id, base_model: str, backend: str = "local", pre
     transaction.on_commit(lambda: dispatch.dispatch_team(team.pk))
     lifecycle.submit(job)
     return job
+
+
+def estimate_job(user, *, config: dict[str, Any], preset: str | None = None, dataset_id=None,
+                 image_count: int | None = None, base_model: str | None = None, family: str | None = None,
+                 backend: str = "local", gpu: str = "h100") -> Estimate:
+    """What a job would cost: exact steps for a dataset (its buckets and repeats), or an image count."""
+    dataset = access.get_visible(Dataset.objects.select_related("team"), user, uuid=dataset_id) if dataset_id else None
+    cfg = build_config(preset, config, dataset)
+    tiny = False
+    if base_model:
+        model = get_base_model([dataset.team] if dataset else list(access.teams_for(user)), base_model)
+        family, tiny = model.family, model.name.startswith("tiny-")
+    backend_impl = get_backend(backend)
+    if dataset is not None:
+        images = build_snapshot(dataset)["images"]
+        return estimate(cfg, len(images), family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny,
+                        repeats_total=sum(effective_repeats(i, cfg) for i in images),
+                        total_steps=planned_total_steps(cfg, images))
+    if not image_count:
+        raise InvalidInput("Give a dataset_id or an image_count.", [{"loc": ["image_count"], "msg": "required"}])
+    return estimate(cfg, image_count, family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny)
 
 
 def get_job(user, job_id, needed: Role = Role.VIEWER) -> TrainingJob:
