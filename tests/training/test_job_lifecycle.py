@@ -101,3 +101,26 @@ def test_random_event_sequences_never_reach_an_illegal_state(job, events):
         current = TrainingJob.objects.values_list("status", flat=True).get(pk=job.pk)
         assert current == previous or current in TRANSITIONS[previous], (event, previous, current)
         previous = current
+
+
+def test_reconciler_resends_a_queued_job_whose_message_was_lost(job, settings, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from lorasite.broker import get_broker
+    from training_app.dispatch import reconcile_queued_jobs
+
+    broker = get_broker()
+    broker.flush_all()
+    settings.JOB_REDISPATCH_AFTER_SECONDS = 60
+    # This test's transaction never commits, so the submit's on-commit send never happened: lost.
+    assert reconcile_queued_jobs() == 1
+    assert reconcile_queued_jobs() == 0  # just sent: not overdue yet
+    TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now() - timedelta(minutes=5))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile_queued_jobs() == 1
+    messages = broker.queues["gpu"].queue
+    assert [m for m in list(messages) if str(job.uuid).encode() in m]
+    job.refresh_from_db()
+    assert timezone.now() - job.dispatched_at < timedelta(seconds=5)

@@ -46,3 +46,16 @@ def test_train_reports_bad_settings_and_unknown_datasets(member, dataset_a, tiny
     with pytest.raises(CommandError, match="not valid JSON"):
         call_command("train", "--dataset", "shapes", "--user", "mia", "--config", "{", stdout=StringIO())
     assert not TrainingJob.objects.exists()
+
+
+def test_make_tiny_model_builds_and_registers_both_families(settings, tmp_path):
+    from training_app.models import BaseModel
+
+    settings.LORASITE_MODELS_DIR = tmp_path
+    out = StringIO()
+    call_command("make_tiny_model", stdout=out)
+    assert (tmp_path / "tiny-sd15" / "model_index.json").is_file()
+    assert (tmp_path / "tiny-sdxl" / "unet" / "config.json").is_file()
+    assert dict(BaseModel.objects.values_list("name", "family")) == {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
+    call_command("make_tiny_model", stdout=StringIO())  # again: nothing rebuilt, nothing duplicated
+    assert BaseModel.objects.count() == 2
