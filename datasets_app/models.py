@@ -50,6 +50,20 @@ class StoredBlob(models.Model):
         return self.sha256[:12]
 
 
+class BlobHold(models.Model):
+    """Keeps a blob's bytes while something outside the datasets still needs them (a training job's
+    frozen snapshot, named by `holder`), even after every image using it is deleted."""
+
+    blob = models.ForeignKey(StoredBlob, on_delete=models.CASCADE, related_name="holds")
+    holder = models.CharField(max_length=100)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["blob", "holder"], name="one_hold_per_holder")]
+
+    def __str__(self) -> str:
+        return f"{self.holder} holds {self.blob_id}"
+
+
 class DatasetImage(models.Model):
     uuid = models.UUIDField(default=uuid4, unique=True, editable=False)
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="images")

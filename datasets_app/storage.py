@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
-from datasets_app.models import DatasetImage, StoredBlob
+from datasets_app.models import BlobHold, DatasetImage, StoredBlob
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,26 @@ def release_blobs(blob_ids: list[int]) -> None:
     for blob_id in blob_ids:
         with transaction.atomic():
             blob = StoredBlob.objects.select_for_update().filter(pk=blob_id).first()
-            if blob is None or DatasetImage.objects.filter(blob_id=blob_id).exists():
+            if blob is None or DatasetImage.objects.filter(blob_id=blob_id).exists() or blob.holds.exists():
                 continue
             # Files go first, under the row lock: a concurrent writer waits for the lock, finds no row,
             # and writes the files again itself.
             discard_new_blob(blob)
             blob.delete()
+
+
+def hold_blobs(sha256s: list[str], holder: str) -> int:
+    """Keep these blobs' bytes until `release_holds(holder)`; returns how many were held."""
+    blobs = list(StoredBlob.objects.filter(sha256__in=set(sha256s)).values_list("pk", flat=True))
+    BlobHold.objects.bulk_create([BlobHold(blob_id=pk, holder=holder) for pk in blobs], ignore_conflicts=True)
+    return len(blobs)
+
+
+def release_holds(holder: str) -> None:
+    """Drop a holder's holds; blobs no image and no other holder needs are deleted after commit."""
+    blob_ids = list(BlobHold.objects.filter(holder=holder).values_list("blob_id", flat=True))
+    BlobHold.objects.filter(holder=holder).delete()
+    transaction.on_commit(lambda: release_blobs(blob_ids))
 
 
 @receiver(post_delete, sender=DatasetImage)

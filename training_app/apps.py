@@ -9,4 +9,4 @@ class TrainingConfig(AppConfig):
     verbose_name = "Training"
 
     def ready(self) -> None:
-        from training_app import tasks  # noqa: F401  (registers actors with the broker)
+        from training_app import signals, tasks  # noqa: F401  (actors and signal receivers)

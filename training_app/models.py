@@ -111,6 +111,11 @@ class TrainingJob(models.Model):
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
 
+    @property
+    def blob_holder(self) -> str:
+        """The name under which this job holds its snapshot's image bytes (datasets_app BlobHold)."""
+        return f"training-job:{self.uuid}"
+
     def output_dir_name(self) -> str:
         """Storage-relative folder of this job's files under MEDIA_ROOT."""
         return f"jobs/{self.uuid}"

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from datasets_app.models import Dataset
 from datasets_app.snapshot import build_snapshot
+from datasets_app.storage import hold_blobs
 from lorasite.accounts import access
 from lorasite.accounts.models import Role, Team
 from lorasite.errors import InvalidInput
@@ -75,6 +76,9 @@ def submit_job(user, *, dataset_id, base_model: str, backend: str = "local", pre
         snapshot=snapshot, snapshot_sha256=snapshot["sha256"], image_count=len(snapshot["images"]),
         total_steps=planned_total_steps(cfg, snapshot["images"]), priority=priority,
     )
+    # The snapshot's bytes stay stored even if the dataset or its images are deleted: retries and
+    # resumes of this job still find them.
+    hold_blobs([image["sha256"] for image in snapshot["images"]], holder=job.blob_holder)
     # Dispatch first after commit: the worker's message matters more than the status broadcasts.
     transaction.on_commit(lambda: dispatch.dispatch_team(team.pk))
     lifecycle.submit(job)

@@ -105,3 +105,16 @@ async def test_progress_is_published_to_the_job_group(member, dataset_a, tiny_ba
     progress = [m for m in messages if m["type"] == "progress"]
     assert progress[-1]["step"] == 3 and progress[-1]["percent"] == 100.0
     assert [m["status"] for m in messages if m["type"] == "status"][-1] == "completed"
+
+
+def test_a_job_still_trains_after_its_dataset_is_deleted(member, dataset_a, tiny_base_model, api_for):
+    from django.conf import settings
+
+    job = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config={**TINY, "max_steps": 2,
+                                                                                        "sample_every_n_steps": 0})
+    assert api_for(member).delete(f"/api/datasets/{dataset_a.uuid}").status_code == 204
+    assert all((settings.MEDIA_ROOT / i["storage_name"]).is_file() for i in job.snapshot["images"])
+    assert execute_job(str(job.uuid)) == JobStatus.COMPLETED
+    # Deleting the job lets the bytes go, now that nothing needs them.
+    TrainingJob.objects.filter(pk=job.pk).delete()
+    assert not any((settings.MEDIA_ROOT / i["storage_name"]).exists() for i in job.snapshot["images"])
