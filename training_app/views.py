@@ -84,7 +84,8 @@ def new_training(request, slug: str):
     base_models = list(services.base_models_for(team))
     errors: list[dict] = []
     detail = ""
-    initial = _clone_values(request, team)
+    initial = _clone_values(request, team) or (
+        {"dataset_id": request.GET["dataset"]} if request.GET.get("dataset") else {})
     if request.method == "POST":
         try:
             payload = json.loads(request.POST.get("payload") or "{}")

@@ -168,3 +168,14 @@ def test_webhook_urls_are_validated(admin_user):
     for url in ["ftp://example.com/x", "https://user:pw@example.com/", "not a url"]:
         client.post("/teams/alpha/settings/", {"action": "webhook", "url": url})
     assert not TeamWebhook.objects.exists()
+
+
+def test_train_link_from_a_dataset_preselects_it(member, dataset_a, tiny_base_model):
+    import re
+
+    client = browser(member)
+    detail = client.get(f"/teams/alpha/datasets/{dataset_a.uuid}/").content.decode()
+    assert f"/teams/alpha/train/?dataset={dataset_a.uuid}" in detail
+    page = client.get(f"/teams/alpha/train/?dataset={dataset_a.uuid}").content.decode()
+    data = json.loads(re.search(r'<script id="train-data" type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert data["initial"] == {"dataset_id": str(dataset_a.uuid)}
