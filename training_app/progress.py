@@ -110,6 +110,7 @@ class JobReporter:
         self._stop = False
         self._actions: frozenset[str] = frozenset()
         self._dirty = False
+        self._lora_stamps: dict[str, int] = {}
         self.published_progress = 0
 
     # -- trainer callbacks -------------------------------------------------------------------
@@ -158,6 +159,27 @@ class JobReporter:
         self.job.checkpoint_path = relative
         record_artifact(self.job, ArtifactKind.CHECKPOINT, Path(path), step=step, replace=True)
         self.log(f"checkpoint saved at step {step}")
+        # "Save now" (and a stop) export the LoRA before checkpointing: offer those files at once.
+        self.record_lora_files(step)
+
+    def record_lora_files(self, step: int, files: dict[str, Path] | None = None) -> None:
+        """Register LoRA files the trainer wrote (new or rewritten) and announce them."""
+        if files is None:
+            out = Path(settings.MEDIA_ROOT) / self.job.output_dir_name()
+            kohya = sorted(out.glob("*.safetensors"))
+            files = {ArtifactKind.LORA_DIFFUSERS: out / "diffusers" / "pytorch_lora_weights.safetensors"}
+            if kohya:
+                files[ArtifactKind.LORA_KOHYA] = kohya[0]
+        for kind, path in files.items():
+            if not path.is_file():
+                continue
+            stamp = path.stat().st_mtime_ns
+            if self._lora_stamps.get(kind) == stamp:
+                continue
+            self._lora_stamps[kind] = stamp
+            artifact = record_artifact(self.job, kind, path, step=step, replace=True)
+            publish(job_group(self.job.uuid), {"type": "artifact", "job": str(self.job.uuid), "kind": kind,
+                                               "url": artifact_url(artifact)})
 
     def should_stop(self) -> bool:
         self._poll_control()

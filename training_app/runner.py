@@ -20,7 +20,7 @@ from training_app.backends.base import BackendError
 from training_app.backends.registry import get_backend
 from training_app.dispatch import dispatch_team
 from training_app.models import TrainingJob
-from training_app.progress import JobReporter, record_artifact
+from training_app.progress import JobReporter
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def execute_job(job_uuid: str, worker_id: str | None = None) -> str | None:
     try:
         outcome = get_backend(job.backend).run(job, reporter)
         reporter.finish()
-        for kind, path in outcome.lora_files.items():
-            record_artifact(job, kind, path, step=outcome.steps_completed, replace=True)
+        reporter.record_lora_files(outcome.steps_completed, outcome.lora_files)
         if outcome.stopped:
             final = lifecycle.finish_cancel(job.pk)
         else:

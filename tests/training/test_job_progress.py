@@ -128,3 +128,27 @@ async def test_job_socket_sends_a_snapshot_then_live_messages(running_job, membe
 async def test_job_socket_refuses_outsiders(running_job, outsider):
     connected, code = await socket(running_job, await cookie_for(outsider)).connect()
     assert not connected and code == 4404
+
+
+@pytest.mark.asyncio
+async def test_saved_lora_files_are_offered_at_once_and_announced(running_job, settings):
+    from pathlib import Path
+
+    from training_app.models import Artifact
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(f"job.{running_job.uuid}", channel)
+    out = Path(settings.MEDIA_ROOT) / running_job.output_dir_name()
+    (out / "diffusers").mkdir(parents=True)
+    (out / "checkpoints" / "step-00000005").mkdir(parents=True)
+    (out / "my_lora.safetensors").write_bytes(b"kohya")
+    (out / "diffusers" / "pytorch_lora_weights.safetensors").write_bytes(b"diffusers")
+    reporter = JobReporter(running_job, "w1", clock=FakeClock())
+    await database_sync_to_async(reporter.checkpoint)(5, out / "checkpoints" / "step-00000005")
+    await database_sync_to_async(reporter.checkpoint)(5, out / "checkpoints" / "step-00000005")  # unchanged files
+    kinds = await database_sync_to_async(
+        lambda: sorted(Artifact.objects.filter(job=running_job).values_list("kind", flat=True)))()
+    assert kinds == ["checkpoint", "lora_diffusers", "lora_kohya"]
+    announced = [m for m in await drain(layer, channel) if m["type"] == "artifact"]
+    assert sorted(m["kind"] for m in announced) == ["lora_diffusers", "lora_kohya"]
