@@ -9,6 +9,7 @@ stopped whatever happens (exceptions, Ctrl-C, SIGTERM). Nothing here touches ano
 from __future__ import annotations
 
 import contextlib
+import getpass
 import math
 import os
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The admin connection creates and drops the throwaway database; override for another server.
-PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", f"postgresql://{getpass.getuser()}@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
