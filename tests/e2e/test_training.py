@@ -112,9 +112,9 @@ def test_a_member_trains_from_the_browser_and_an_outsider_sees_nothing(browser, 
     # The form: preset, a few edits, a live estimate, then submit.
     page.locator(".team-nav").get_by_role("link", name="New training").click()
     page.get_by_label("Base model").select_option("tiny-sd15")
-    fill_form(page, "Shapes", resolution=64, max_steps=80, batch_size=2, sample_every_n_steps=40,
+    fill_form(page, "Shapes", resolution=64, max_steps=150, batch_size=2, sample_every_n_steps=75,
               sample_prompts="shp, a white circle", learning_rate="0.003")
-    page.locator('[data-est="total_steps"]', has_text="80").wait_for(timeout=10_000)
+    page.locator('[data-est="total_steps"]', has_text="150").wait_for(timeout=10_000)
     screenshot(page, "new-training-form")
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url("**/teams/alpha/jobs/*/")
@@ -123,7 +123,11 @@ def test_a_member_trains_from_the_browser_and_an_outsider_sees_nothing(browser, 
     # Live: the step counter and the chart move without a reload, the sample appears, it completes.
     page.wait_for_function("Number(document.querySelector('[data-step]').textContent) > 0", timeout=90_000)
     first_seen = int(page.locator("[data-step]").inner_text())
+    points_then = int(page.locator("[data-loss-chart]").get_attribute("data-points") or 0)
     page.wait_for_function(f"Number(document.querySelector('[data-step]').textContent) > {first_seen}", timeout=60_000)
+    # The chart grows from the live messages, not from a reload.
+    page.wait_for_function(f"Number(document.querySelector('[data-loss-chart]').dataset.points) > {points_then}",
+                           timeout=60_000)
     page.locator("[data-status]", has_text="completed").wait_for(timeout=120_000)
     assert page.locator("[data-loss-chart] canvas").count() == 1
     page.locator("[data-samples] img").first.wait_for(timeout=10_000)
