@@ -21,6 +21,7 @@ RELAY_TYPE = "relay.message"
 _embedded_loop: asyncio.AbstractEventLoop | None = None
 _publisher_loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
+_pending: set[asyncio.Task] = set()
 
 
 def team_group(team_uuid) -> str:
@@ -61,18 +62,20 @@ def publish(group: str, payload: dict[str, Any]) -> None:
         return
     message = {"type": RELAY_TYPE, "payload": payload}
     try:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            # Called from async code in this thread: blocking here would deadlock its loop.
+            task = running.create_task(layer.group_send(group, message))
+            _pending.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(_pending.discard)
+            return
         loop = _embedded_loop
         if loop is not None and loop.is_running():
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                loop.create_task(layer.group_send(group, message))
-            else:
-                asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
-            return
-        if isinstance(layer, InMemoryChannelLayer):
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
+        elif isinstance(layer, InMemoryChannelLayer):
             # In-memory queues belong to the caller's event loop; async_to_sync reuses it.
             async_to_sync(layer.group_send)(group, message)
         else:
