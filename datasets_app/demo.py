@@ -37,8 +37,9 @@ def draw_shape(shape: str, colour: str, background: str, size: int = 128) -> byt
 
 def seed_demo(team, user, out) -> None:
     """Create (or top up) the demo dataset; running it again adds nothing new."""
+    # 64 px: the demo trains the generated tiny models, which take seconds there on a laptop CPU.
     dataset, _ = Dataset.objects.get_or_create(team=team, name=NAME, defaults={
-        "trigger_word": TRIGGER, "created_by": user, "default_resolution": 512,
+        "trigger_word": TRIGGER, "created_by": user, "default_resolution": 64,
         "description": "Twelve coloured shapes drawn by the demo seeder."})
     entries = []
     for index, (shape, colour, background) in enumerate(SHAPES):

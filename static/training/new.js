@@ -35,12 +35,17 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 
   let previousTrigger = "";
+  let resolutionTouched = Boolean(data.initial && data.initial.config);
+  field("resolution").addEventListener("input", () => { resolutionTouched = true; });
   async function datasetChanged() {
     const id = top("dataset_id").value;
     const dataset = data.datasets.find((d) => d.id === id);
     const trigger = field("trigger_word");
     if (dataset && (trigger.value === "" || trigger.value === previousTrigger)) trigger.value = dataset.trigger_word;
     previousTrigger = dataset ? dataset.trigger_word : "";
+    // The dataset's resolution, unless the person typed their own.
+    const resolution = field("resolution");
+    if (dataset && (!resolutionTouched || resolution.value === "")) resolution.value = dataset.default_resolution;
     const out = form.querySelector("[data-dataset-stats]");
     if (!id) return;
     const response = await fetch(`/api/datasets/${id}/stats`, { credentials: "same-origin" });

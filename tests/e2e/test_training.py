@@ -112,6 +112,9 @@ def test_a_member_trains_from_the_browser_and_an_outsider_sees_nothing(browser, 
     # The form: preset, a few edits, a live estimate, then submit.
     page.locator(".team-nav").get_by_role("link", name="New training").click()
     page.get_by_label("Base model").select_option("tiny-sd15")
+    # The form starts from the dataset's own settings.
+    page.wait_for_function("document.querySelector('[data-key=\"trigger_word\"]').value === 'shp'")
+    assert page.locator('[data-key="resolution"]').input_value() == "512"
     fill_form(page, "Shapes", resolution=64, max_steps=150, batch_size=2, sample_every_n_steps=75,
               sample_prompts="shp, a white circle", learning_rate="0.003")
     page.locator('[data-est="total_steps"]', has_text="150").wait_for(timeout=10_000)
