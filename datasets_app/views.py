@@ -6,7 +6,6 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -18,9 +17,10 @@ from datasets_app.models import DatasetImage, ReviewState
 from datasets_app.stats import dataset_stats
 from datasets_app.storage import media_path
 from lorasite.accounts import access
-from lorasite.accounts.auth import _bearer_from_headers
+from lorasite.accounts.auth import parse_bearer
 from lorasite.accounts.models import ApiToken, Role
-from lorasite.errors import DomainError, NotFound, PermissionDenied
+from lorasite.accounts.pages import page_errors, team_for_page
+from lorasite.errors import DomainError
 
 GRID_PAGE_SIZE = 48
 # Formats every current browser shows in an <img>; others (TIFF) are converted on the way out.
@@ -28,22 +28,9 @@ _BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/web
                     "BMP": "image/bmp"}
 
 
-def _team_or_404(user, slug: str, needed: Role = Role.VIEWER):
-    try:
-        return access.get_team(user, slug, needed=needed)
-    except NotFound:
-        raise Http404("Team not found") from None
-    except PermissionDenied as exc:
-        raise DjangoPermissionDenied(exc.message) from None
-
-
 def _dataset_or_404(user, team, dataset_id, needed: Role = Role.VIEWER):
-    try:
+    with page_errors("Dataset not found"):
         dataset = queries.get_dataset(user, dataset_id, needed=needed)
-    except NotFound:
-        raise Http404("Dataset not found") from None
-    except PermissionDenied as exc:
-        raise DjangoPermissionDenied(exc.message) from None
     if dataset.team_id != team.pk:
         raise Http404("Dataset not found")
     return dataset
@@ -51,10 +38,10 @@ def _dataset_or_404(user, team, dataset_id, needed: Role = Role.VIEWER):
 
 @login_required
 def dataset_list(request, slug: str):
-    team = _team_or_404(request.user, slug)
+    team = team_for_page(request.user, slug)
     role = access.role_in(request.user, team)
     if request.method == "POST":
-        team = _team_or_404(request.user, slug, needed=Role.MEMBER)
+        team = team_for_page(request.user, slug, needed=Role.MEMBER)
         try:
             dataset = services.create_dataset(team, request.user, request.POST.get("name", ""),
                                               request.POST.get("description", ""),
@@ -71,7 +58,7 @@ def dataset_list(request, slug: str):
 
 @login_required
 def dataset_detail(request, slug: str, dataset_id):
-    team = _team_or_404(request.user, slug)
+    team = team_for_page(request.user, slug)
     dataset = _dataset_or_404(request.user, team, dataset_id)
     role = access.role_in(request.user, team)
     state = request.GET.get("state", "")
@@ -88,7 +75,7 @@ def dataset_detail(request, slug: str, dataset_id):
 
 @login_required
 def dataset_review(request, slug: str, dataset_id):
-    team = _team_or_404(request.user, slug)
+    team = team_for_page(request.user, slug)
     dataset = _dataset_or_404(request.user, team, dataset_id)
     role = access.role_in(request.user, team)
     state = request.GET.get("state", ReviewState.PENDING)
@@ -102,7 +89,7 @@ def dataset_review(request, slug: str, dataset_id):
 @login_required
 @require_POST
 def dataset_edit(request, slug: str, dataset_id):
-    team = _team_or_404(request.user, slug)
+    team = team_for_page(request.user, slug)
     dataset = _dataset_or_404(request.user, team, dataset_id, needed=Role.MEMBER)
     try:
         services.update_dataset(dataset, name=request.POST.get("name", dataset.name),
@@ -118,7 +105,7 @@ def dataset_edit(request, slug: str, dataset_id):
 @login_required
 @require_POST
 def dataset_delete(request, slug: str, dataset_id):
-    team = _team_or_404(request.user, slug)
+    team = team_for_page(request.user, slug)
     dataset = _dataset_or_404(request.user, team, dataset_id, needed=Role.MEMBER)
     try:
         services.delete_dataset(dataset)
@@ -156,7 +143,7 @@ def _image_for_request(request, image_id):
     everyone else gets the same 404 as for a missing image."""
     user = request.user
     if not user.is_authenticated:
-        raw = _bearer_from_headers([(k.encode(), v.encode()) for k, v in request.headers.items()])
+        raw = parse_bearer(request.headers.get("Authorization", ""))
         user = ApiToken.authenticate(raw) if raw else None
         if user is None:
             raise Http404("Image not found")
@@ -165,10 +152,8 @@ def _image_for_request(request, image_id):
         if image is None:
             raise Http404("Image not found")
         return image
-    try:
+    with page_errors("Image not found"):
         return queries.get_image(user, image_id)
-    except NotFound:
-        raise Http404("Image not found") from None
 
 
 def _serve(name: str, content_type: str):

@@ -49,18 +49,11 @@ def dispatch_team(team_id: int) -> int:
 def reconcile_queued_jobs() -> int:
     """Re-send queued jobs whose message may have been lost (never sent, or sent long ago)."""
     cutoff = lifecycle.stale_cutoff(settings.JOB_REDISPATCH_AFTER_SECONDS)
-    teams = (TrainingJob.objects.filter(status=JobStatus.QUEUED)
-             .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=cutoff))
-             .values_list("team_id", flat=True).distinct())
-    sent = 0
-    for team_id in list(teams):
-        # Only the overdue jobs' teams are looked at; within a team, order is kept by dispatch_team.
-        stale = TrainingJob.objects.filter(team_id=team_id, status=JobStatus.QUEUED).filter(
-            Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=cutoff))
-        if stale.exists():
-            TrainingJob.objects.filter(pk__in=stale.values("pk")).update(dispatched_at=None)
-            sent += dispatch_team(team_id)
-    return sent
+    overdue_teams = set(TrainingJob.objects.filter(status=JobStatus.QUEUED)
+                        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=cutoff))
+                        .values_list("team_id", flat=True))
+    # dispatch_team keeps each team's order and limit: it re-sends from the head of the queue.
+    return sum(dispatch_team(team_id) for team_id in overdue_teams)
 
 
 def reap_lost_jobs(stale_after: float | None = None, max_attempts: int | None = None) -> dict[str, int]:

@@ -26,14 +26,6 @@ def run_remote_job(job_uuid: str) -> None:
     execute_job(job_uuid)
 
 
-@dramatiq.actor(queue_name="default", max_retries=0, time_limit=120_000)
-def maintain_jobs() -> None:
-    from training_app.dispatch import reap_lost_jobs, reconcile_queued_jobs
-
-    reap_lost_jobs()
-    reconcile_queued_jobs()
-
-
 @dramatiq.actor(queue_name="default", max_retries=3, min_backoff=5_000, max_backoff=300_000, time_limit=60_000)
 def deliver_job_webhooks(job_uuid: str) -> None:
     from training_app.notifications import deliver

@@ -6,7 +6,6 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -15,9 +14,10 @@ from django.views.decorators.http import require_POST
 from datasets_app.models import Dataset
 from lorasite.accounts import access
 from lorasite.accounts.models import Membership, Role
+from lorasite.accounts.pages import page_errors, team_for_page
 from lorasite.accounts.services import remove_membership, set_membership
 from lorasite.core.workers import live_workers
-from lorasite.errors import DomainError, NotFound, PermissionDenied
+from lorasite.errors import DomainError, NotFound
 from training_app import services
 from training_app.backends.registry import all_backends
 from training_app.charts import downsampled_loss_points
@@ -32,20 +32,13 @@ CHART_POINTS = 2000
 
 
 def _team(request, slug: str, needed: Role = Role.VIEWER):
-    try:
-        team = access.get_team(request.user, slug, needed=needed)
-    except NotFound:
-        raise Http404("Team not found") from None
-    except PermissionDenied as exc:
-        raise DjangoPermissionDenied(exc.message) from None
+    team = team_for_page(request.user, slug, needed)
     return team, access.role_in(request.user, team)
 
 
 def _job(request, team, job_id) -> TrainingJob:
-    try:
+    with page_errors("Job not found"):
         job = services.get_job(request.user, job_id)
-    except NotFound:
-        raise Http404("Job not found") from None
     if job.team_id != team.pk:
         raise Http404("Job not found")
     return job

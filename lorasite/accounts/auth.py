@@ -44,10 +44,15 @@ class BearerTokenWebsocketMiddleware:
 def _bearer_from_headers(headers) -> str | None:
     for name, value in headers:
         if name.lower() == b"authorization":
-            text = value.decode("latin-1")
-            scheme, _, credential = text.partition(" ")
-            if scheme.lower() == "bearer" and credential.strip():
-                return credential.strip()
+            return parse_bearer(value.decode("latin-1"))
+    return None
+
+
+def parse_bearer(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, or None."""
+    scheme, _, credential = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
     return None
 
 

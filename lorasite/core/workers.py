@@ -37,12 +37,9 @@ def check_in(queues: list[str]) -> None:
     device = os.environ.get("LORASITE_DEVICE") or (
         f"cuda:{os.environ['CUDA_VISIBLE_DEVICES']}" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
     )
-    WorkerNode.objects.update_or_create(
-        name=worker_name(),
-        defaults={"hostname": socket.gethostname(), "queues": sorted(queues), "device": device, "last_seen": now},
-        create_defaults={"hostname": socket.gethostname(), "queues": sorted(queues), "device": device,
-                         "last_seen": now, "started_at": now},
-    )
+    fields = {"hostname": socket.gethostname(), "queues": sorted(queues), "device": device, "last_seen": now}
+    WorkerNode.objects.update_or_create(name=worker_name(), defaults=fields,
+                                        create_defaults={**fields, "started_at": now})
 
 
 def check_out() -> None:
