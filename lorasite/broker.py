@@ -49,6 +49,58 @@ class DjangoConnections(Middleware):
         connections.close_all()
 
 
+class MessageLedger(Middleware):
+    """Knows which messages the embedded broker still holds (queued, delayed or being processed),
+    so the reconciler can tell a lost job message from a slow one. Only the embedded broker needs
+    it: there every producer and consumer share this process."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def holds(self, message_id: str) -> bool:
+        with self._lock:
+            return message_id in self._held
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
+        with self._lock:
+            self._held.add(message.message_id)
+
+    def _done(self, message: dramatiq.Message) -> None:
+        with self._lock:
+            self._held.discard(message.message_id)
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        self._done(message)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        self._done(message)
+
+
+class QuickPolling(Middleware):
+    """An idle Redis consumer polls with a back-off capped by the worker's timeout, 1000 ms in
+    dramatiq, which makes a job wait ~400 ms for a worker. Dramatiq reads that default from the
+    environment before our code runs, so set it on each worker as it boots:
+    LORASITE_WORKER_POLL_MS (default 50), or dramatiq's own `dramatiq_worker_timeout` if set."""
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if "dramatiq_worker_timeout" in os.environ:
+            return
+        worker.worker_timeout = poll_milliseconds()
+
+
+def poll_milliseconds() -> int:
+    raw = os.environ.get("LORASITE_WORKER_POLL_MS", "50")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RuntimeError(f"LORASITE_WORKER_POLL_MS must be a whole number of milliseconds, got {raw!r}") from None
+    if not 1 <= value <= 60_000:
+        raise RuntimeError(f"LORASITE_WORKER_POLL_MS must be between 1 and 60000, got {value}")
+    return value
+
+
 def broker_kind() -> str:
     """`stub` (embedded, in-process), `redis` or `rabbitmq`, from LORASITE_BROKER or the URLs."""
     explicit = os.environ.get("LORASITE_BROKER", "").strip().lower()
@@ -78,6 +130,10 @@ def build_broker(kind: str | None = None) -> dramatiq.Broker:
         broker = StubBroker()
         broker.emit_after("process_boot")
     broker.add_middleware(DjangoConnections())
+    poll_milliseconds()  # a bad LORASITE_WORKER_POLL_MS fails here, loudly, not at each worker boot
+    broker.add_middleware(QuickPolling())
+    if isinstance(broker, StubBroker):
+        broker.add_middleware(MessageLedger())
     from lorasite.core.workers import WorkerPresence
 
     broker.add_middleware(WorkerPresence())
@@ -106,6 +162,27 @@ def send_on_commit(actor: dramatiq.Actor, *args: Any, **kwargs: Any) -> None:
     from django.db import transaction
 
     transaction.on_commit(lambda: actor.send(*args, **kwargs))
+
+
+def message_status(queue: str, message_id: str) -> bool | None:
+    """Whether the broker still holds this message (queued, delayed, or taken but not acknowledged):
+    True or False where the broker can tell (Redis, embedded), None where it cannot (RabbitMQ)."""
+    if not message_id:
+        return False
+    broker = get_broker()
+    if isinstance(broker, StubBroker):
+        ledger = next((m for m in broker.middleware if isinstance(m, MessageLedger)), None)
+        return ledger.holds(message_id) if ledger else None
+    client = getattr(broker, "client", None)
+    if client is None:
+        return None
+    namespace = getattr(broker, "namespace", "dramatiq")
+    try:
+        # Redis keeps a message's body in `<ns>:<queue>.msgs` (delayed: `.DQ.msgs`) until it is acked.
+        return any(client.hexists(f"{namespace}:{name}.msgs", message_id) for name in (queue, f"{queue}.DQ"))
+    except Exception:
+        logger.warning("could not ask the broker about message %s", message_id, exc_info=True)
+        return None
 
 
 def check_broker() -> tuple[bool, str]:

@@ -13,6 +13,7 @@ from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
 from training_app import services
 from training_app.backends.registry import all_backends
+from training_app.dispatch import waiting_reason
 from training_app.models import Artifact, ArtifactKind, JobStatus, TrainingJob
 from training_app.presets import PRESETS
 from training_app.progress import artifact_url
@@ -85,15 +86,17 @@ def job_out(job: TrainingJob) -> dict:
 
 def job_detail(job: TrainingJob) -> JobDetailOut:
     return JobDetailOut(**job_out(job), snapshot_sha256=job.snapshot_sha256, snapshot=job.snapshot,
-                        queue_position=services.queue_position(job))
+                        queue_position=services.queue_position(job), waiting_for=waiting_reason(job))
 
 
-@router.post("/jobs", response={201: JobDetailOut})
+@router.post("/jobs", response={200: JobDetailOut, 201: JobDetailOut})
 def create_job(request, payload: JobIn):
-    job = services.submit_job(request.user, dataset_id=payload.dataset_id, base_model=payload.base_model,
-                              backend=payload.backend, preset=payload.preset, config=payload.config,
-                              name=payload.name, priority=payload.priority)
-    return Status(201, job_detail(services.get_job(request.user, job.uuid)))
+    """201 with the new job; 200 with the first job when this Idempotency-Key was already used."""
+    job, created = services.submit_job_once(
+        request.user, idempotency_key=request.headers.get("Idempotency-Key"), dataset_id=payload.dataset_id,
+        base_model=payload.base_model, backend=payload.backend, preset=payload.preset, config=payload.config,
+        name=payload.name, priority=payload.priority)
+    return Status(201 if created else 200, job_detail(services.get_job(request.user, job.uuid)))
 
 
 @router.get("/jobs", response=list[JobOut])

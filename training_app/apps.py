@@ -9,4 +9,6 @@ class TrainingConfig(AppConfig):
     verbose_name = "Training"
 
     def ready(self) -> None:
-        from training_app import signals, tasks  # noqa: F401  (actors and signal receivers)
+        from training_app import listeners, signals, tasks  # noqa: F401  (actors and signal receivers)
+
+        listeners.register()

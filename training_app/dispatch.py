@@ -1,5 +1,6 @@
-"""Getting queued jobs to workers: send on commit, keep each team within its limit, and recover
-jobs whose message or worker was lost (the broker only ever carries "job X is ready")."""
+"""Getting queued jobs to workers: each job is sent once per attempt, after commit, within its
+team's limit; jobs whose message or worker was lost are found and recovered (the broker only ever
+carries "job X is ready")."""
 
 from __future__ import annotations
 
@@ -10,50 +11,70 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from lorasite.broker import send_on_commit
+from lorasite.broker import get_broker, message_status
 from training_app import lifecycle
+from training_app.backends.registry import actor_for
 from training_app.models import JobStatus, TrainingJob
 
 logger = logging.getLogger(__name__)
 
-
-def _actor_for(job: TrainingJob):
-    from training_app.backends.registry import get_backend
-    from training_app.tasks import run_local_job, run_remote_job
-
-    return run_local_job if get_backend(job.backend).queue == "gpu" else run_remote_job
+BUSY = (JobStatus.RUNNING, JobStatus.CANCELLING)
 
 
-def send(job: TrainingJob) -> None:
-    TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
-    send_on_commit(_actor_for(job), str(job.uuid))
+def _send(job: TrainingJob) -> None:
+    """Mark the job sent for this attempt and enqueue its message once the transaction commits."""
+    message = actor_for(job.backend).message(str(job.uuid))
+    delay_ms = 0
+    if job.not_before and job.not_before > timezone.now():
+        delay_ms = int((job.not_before - timezone.now()).total_seconds() * 1000)
+    TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), dispatch_message_id=message.message_id)
+    broker = get_broker()
+    transaction.on_commit(lambda: broker.enqueue(message, delay=delay_ms or None))
 
 
 def dispatch_team(team_id: int) -> int:
-    """Send the next queued jobs of a team, in priority then submit order, up to its free slots."""
-    from lorasite.accounts.models import Team
+    """Send the team's next unsent queued jobs, in priority then submit order, into its free slots.
 
+    A slot is taken by a running job and by a queued job already sent, so calling this any number
+    of times sends each job once."""
     with transaction.atomic():
-        team = Team.objects.select_for_update().get(pk=team_id)
-        busy = TrainingJob.objects.filter(team=team, status__in=[JobStatus.RUNNING, JobStatus.CANCELLING]).count()
-        free = max(0, team.max_concurrent_jobs - busy)
+        team = lifecycle.lock_team(team_id)
+        jobs = TrainingJob.objects.filter(team=team)
+        taken = jobs.filter(Q(status__in=BUSY) | Q(status=JobStatus.QUEUED, dispatched_at__isnull=False)).count()
+        free = max(0, team.max_concurrent_jobs - taken)
         if not free:
             return 0
-        waiting = list(TrainingJob.objects.filter(team=team, status=JobStatus.QUEUED)
+        waiting = list(jobs.filter(status=JobStatus.QUEUED, dispatched_at__isnull=True)
                        .order_by("-priority", "queued_at", "id")[:free])
         for job in waiting:
-            send(job)
+            _send(job)
     return len(waiting)
 
 
 def reconcile_queued_jobs() -> int:
-    """Re-send queued jobs whose message may have been lost (never sent, or sent long ago)."""
-    cutoff = lifecycle.stale_cutoff(settings.JOB_REDISPATCH_AFTER_SECONDS)
-    overdue_teams = set(TrainingJob.objects.filter(status=JobStatus.QUEUED)
-                        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=cutoff))
-                        .values_list("team_id", flat=True))
-    # dispatch_team keeps each team's order and limit: it re-sends from the head of the queue.
-    return sum(dispatch_team(team_id) for team_id in overdue_teams)
+    """Re-send queued jobs whose message is gone, and send jobs that were never sent.
+
+    Where the broker can say whether it still holds a message (Redis, the embedded broker) a lost
+    one is found within JOB_RECONCILE_GRACE_SECONDS; elsewhere (RabbitMQ) after
+    JOB_REDISPATCH_AFTER_SECONDS."""
+    now = timezone.now()
+    grace = lifecycle.stale_cutoff(settings.JOB_RECONCILE_GRACE_SECONDS)
+    blind = lifecycle.stale_cutoff(settings.JOB_REDISPATCH_AFTER_SECONDS)
+    sent = TrainingJob.objects.filter(status=JobStatus.QUEUED, dispatched_at__lt=grace).filter(
+        Q(not_before__isnull=True) | Q(not_before__lt=now))
+    for job in sent.only("pk", "backend", "dispatch_message_id", "dispatched_at"):
+        held = message_status(actor_for(job.backend).queue_name, job.dispatch_message_id)
+        if held is True or (held is None and job.dispatched_at >= blind):
+            continue
+        # Conditional: another worker's reconciler, or a claim, may have moved first.
+        TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED,
+                                           dispatch_message_id=job.dispatch_message_id).update(
+            dispatched_at=None, dispatch_message_id="")
+        logger.warning("reconciler: the message of job %s is lost; sending it again", job.pk)
+    teams = set(TrainingJob.objects.filter(status=JobStatus.QUEUED, dispatched_at__isnull=True)
+                .values_list("team_id", flat=True))
+    resent = sum(dispatch_team(team_id) for team_id in teams)
+    return resent
 
 
 def reap_lost_jobs(stale_after: float | None = None, max_attempts: int | None = None) -> dict[str, int]:
@@ -62,14 +83,35 @@ def reap_lost_jobs(stale_after: float | None = None, max_attempts: int | None = 
     max_attempts = settings.JOB_MAX_ATTEMPTS if max_attempts is None else max_attempts
     cutoff = lifecycle.stale_cutoff(stale_after)
     counts = {"requeued": 0, "failed": 0, "cancelled": 0}
-    candidates = TrainingJob.objects.filter(status__in=[JobStatus.RUNNING, JobStatus.CANCELLING]).filter(
+    candidates = TrainingJob.objects.filter(status__in=BUSY).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
-    for job_id, team_id in list(candidates.values_list("pk", "team_id")):
+    for job_id in list(candidates.values_list("pk", flat=True)):
         outcome = lifecycle.requeue_lost(job_id, cutoff, max_attempts)
         if outcome is None:
             continue
         key = {"queued": "requeued", "failed": "failed", "cancelled": "cancelled"}[outcome]
         counts[key] += 1
         logger.warning("reaper: job %s lost its worker -> %s", job_id, outcome)
-        dispatch_team(team_id)
     return counts
+
+
+def on_job_changed(job: TrainingJob, previous: str) -> None:
+    """Listener: a job entered the queue or a slot freed: send what now fits."""
+    if job.status == JobStatus.QUEUED or previous in BUSY:
+        dispatch_team(job.team_id)
+
+
+def waiting_reason(job: TrainingJob) -> str | None:
+    """What a queued job waits for, in words for its page; None when it is not waiting."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    from lorasite.core.workers import live_workers
+
+    queue = actor_for(job.backend).queue_name
+    if job.not_before and job.not_before > timezone.now():
+        return f"retrying after an error at {job.not_before:%H:%M:%S} UTC"
+    if not live_workers(queue):
+        return f"waiting for a worker on queue {queue}"
+    if job.dispatched_at is None:
+        return "waiting for a free slot of the team"
+    return f"sent to queue {queue}; waiting for a worker to take it"

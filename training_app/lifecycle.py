@@ -17,6 +17,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from lorasite import events
+from lorasite.accounts.models import Team
 from lorasite.errors import Conflict
 from training_app.models import JobStatus, TrainingJob
 
@@ -53,27 +55,36 @@ def _transition(job_id: int, to: str, mutate: Callable[[TrainingJob], None] | No
             return None
         if not can_transition(job.status, to):
             raise IllegalTransition(job, to)
+        previous = job.status
         job.status = to
+        if to == S.QUEUED:
+            _new_attempt(job)
         if mutate is not None:
             mutate(job)
         job.save()
-    _announce(job)
+        _announce(job, previous)
     return job
 
 
-def _announce(job: TrainingJob) -> None:
-    from training_app.notifications import on_job_status
-    from training_app.progress import publish_status
+def _new_attempt(job: TrainingJob) -> None:
+    """Back in the queue: the next dispatch sends it again (once), to any worker."""
+    job.queued_at = timezone.now()
+    job.dispatched_at = None
+    job.dispatch_message_id = ""
+    job.worker_id = ""
+    job.not_before = None
 
-    transaction.on_commit(lambda: publish_status(job))
-    on_job_status(job)
+
+def _announce(job: TrainingJob, previous: str) -> None:
+    """The one "job changed" event, delivered after commit to the listeners apps registered."""
+    events.emit(events.JOB_CHANGED, job=job, previous=previous)
 
 
 def submit(job: TrainingJob) -> TrainingJob:
     """A freshly created job enters the queue (status queued is its initial state)."""
     job.queued_at = timezone.now()
     job.save(update_fields=["queued_at"])
-    _announce(job)
+    _announce(job, "")
     return job
 
 
@@ -82,17 +93,23 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
 
     Returns None when someone else has it, it was cancelled, or the team is at its limit (the job
     then stays queued and is sent again when a slot frees)."""
+    team_id = TrainingJob.objects.filter(pk=job_id).values_list("team_id", flat=True).first()
+    if team_id is None:
+        return None
     with transaction.atomic():
+        # Team row first, then the job: every path that takes both locks takes them in this order, so
+        # a claim and a dispatch never deadlock. NO KEY UPDATE does not block the KEY SHARE lock that
+        # inserting a job (its foreign key to the team) takes, so submits never wait on it.
+        team = lock_team(team_id)
         job = TrainingJob.objects.select_for_update().select_related("team").get(pk=job_id)
         if job.status != S.QUEUED:
             return None
-        # Lock the team's row so two workers cannot both take the last slot.
-        from lorasite.accounts.models import Team
-
-        team = Team.objects.select_for_update().get(pk=job.team_id)
         running = TrainingJob.objects.filter(team=team, status__in=[S.RUNNING, S.CANCELLING]).count()
         if running >= team.max_concurrent_jobs:
+            # Its message is spent: the next free slot sends it again.
+            TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=None, dispatch_message_id="")
             return None
+        previous = job.status
         now = timezone.now()
         job.status = S.RUNNING
         job.worker_id = worker_id
@@ -101,8 +118,12 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
         job.attempts += 1
         job.error = ""
         job.save()
-    _announce(job)
+        _announce(job, previous)
     return job
+
+
+def lock_team(team_id: int) -> Team:
+    return Team.objects.select_for_update(no_key=True).get(pk=team_id)
 
 
 def complete(job_id: int, **fields: Any) -> TrainingJob | None:
@@ -130,6 +151,7 @@ def request_cancel(job_id: int) -> TrainingJob:
     """A queued job is cancelled at once; a running one becomes cancelling until its worker stops."""
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().get(pk=job_id)
+        previous = job.status
         if job.status == S.QUEUED:
             job.status = S.CANCELLED
             job.finished_at = timezone.now()
@@ -140,7 +162,7 @@ def request_cancel(job_id: int) -> TrainingJob:
         else:
             raise IllegalTransition(job, S.CANCELLED)
         job.save()
-    _announce(job)
+        _announce(job, previous)
     return job
 
 
@@ -155,11 +177,9 @@ def finish_cancel(job_id: int) -> TrainingJob | None:
 def retry(job_id: int) -> TrainingJob:
     """A failed or cancelled job goes back to the queue; it resumes from its last checkpoint."""
     def mutate(job: TrainingJob) -> None:
-        job.queued_at = timezone.now()
         job.finished_at = None
         job.error = ""
         job.attempts = 0
-        job.worker_id = ""
         job.requested_actions = []
 
     job = _transition(job_id, S.QUEUED, mutate)
@@ -175,6 +195,7 @@ def requeue_lost(job_id: int, stale_before, max_attempts: int) -> str | None:
         job = TrainingJob.objects.select_for_update().get(pk=job_id)
         if job.status not in (S.RUNNING, S.CANCELLING) or (job.heartbeat_at and job.heartbeat_at >= stale_before):
             return None
+        previous = job.status
         lost = f"worker {job.worker_id or '?'} stopped sending heartbeats"
         if job.status == S.CANCELLING:
             job.status = S.CANCELLED
@@ -185,11 +206,33 @@ def requeue_lost(job_id: int, stale_before, max_attempts: int) -> str | None:
             job.finished_at = timezone.now()
         else:
             job.status = S.QUEUED
-            job.queued_at = timezone.now()
-            job.worker_id = ""
+            _new_attempt(job)
         job.save()
-    _announce(job)
+        _announce(job, previous)
     return job.status
+
+
+def requeue_after_error(job_id: int, error: str, max_attempts: int) -> TrainingJob | None:
+    """A retryable backend error: back to the queue while attempts remain (the caller sends it again
+    after a back-off), otherwise failed with the error. None if the job is no longer this run's."""
+    with transaction.atomic():
+        job = TrainingJob.objects.select_for_update().get(pk=job_id)
+        if job.status != S.RUNNING:
+            return None
+        previous = job.status
+        if job.attempts >= max_attempts:
+            job.status = S.FAILED
+            job.error = f"{error} (gave up after {job.attempts} attempts)"[:5000]
+            job.finished_at = timezone.now()
+        else:
+            job.status = S.QUEUED
+            _new_attempt(job)
+            job.error = f"attempt {job.attempts} failed, retrying: {error}"[:5000]
+            # Exponential back-off: 10 s, 20 s, 40 s ... capped at 10 minutes.
+            job.not_before = timezone.now() + timedelta(seconds=min(600, 10 * 2 ** (job.attempts - 1)))
+        job.save()
+        _announce(job, previous)
+    return job
 
 
 def heartbeat(job_id: int, worker_id: str) -> bool:

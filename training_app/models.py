@@ -79,7 +79,12 @@ class TrainingJob(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
-    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When its message was last sent")
+    dispatched_at = models.DateTimeField(null=True, blank=True,
+                                         help_text="When its message was sent for this attempt; empty: not sent yet")
+    dispatch_message_id = models.CharField(max_length=64, blank=True, help_text="The broker message of this attempt")
+    not_before = models.DateTimeField(null=True, blank=True, help_text="A retry after a backend error waits until then")
+    idempotency_key = models.CharField(max_length=200, blank=True,
+                                       help_text="The submitter's Idempotency-Key: a retried submit returns this job")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -96,6 +101,10 @@ class TrainingJob(models.Model):
         indexes = [
             models.Index(fields=["team", "status", "-priority", "queued_at"], name="job_team_queue"),
             models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["created_by", "idempotency_key"], condition=~models.Q(idempotency_key=""),
+                                    name="unique_job_idempotency_key"),
         ]
 
     def __str__(self) -> str:

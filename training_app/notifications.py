@@ -15,11 +15,12 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import httpx
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from lorasite.accounts.access import looks_like_uuid
+from lorasite.broker import get_broker
 from lorasite.errors import InvalidInput, NotFound
 from training_app.models import FINISHED_STATUSES, TeamWebhook, TrainingJob
 
@@ -102,17 +103,13 @@ def job_event(job: TrainingJob) -> dict:
     }
 
 
-def on_job_status(job: TrainingJob) -> None:
-    """Called by the lifecycle module after each change: queue deliveries when a job ends."""
+def on_job_changed(job: TrainingJob, previous: str) -> None:
+    """Listener of the job-changed event (after commit): queue deliveries when a job ends."""
     if job.status in FINISHED_STATUSES and TeamWebhook.objects.filter(team_id=job.team_id, enabled=True).exists():
-        from training_app.tasks import deliver_job_webhooks
-
-        transaction.on_commit(lambda: deliver_job_webhooks.send(str(job.uuid)))
+        get_broker().get_actor("deliver_job_webhooks").send(str(job.uuid))
 
 
 def deliver(job_uuid: str) -> None:
-    import httpx
-
     job = TrainingJob.objects.select_related("team").filter(uuid=job_uuid).first()
     if job is None:
         return

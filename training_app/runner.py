@@ -18,7 +18,6 @@ from django.db import connection
 from training_app import lifecycle
 from training_app.backends.base import BackendError
 from training_app.backends.registry import get_backend
-from training_app.dispatch import dispatch_team
 from training_app.models import TrainingJob
 from training_app.progress import JobReporter
 
@@ -74,7 +73,11 @@ def execute_job(job_uuid: str, worker_id: str | None = None) -> str | None:
         return final.status
     except BackendError as exc:
         _flush_quietly(reporter)
-        final = lifecycle.fail(job.pk, exc.message)
+        if exc.retryable:
+            # The listener sends it again once its back-off has passed; failed after the attempt limit.
+            final = lifecycle.requeue_after_error(job.pk, exc.message, settings.JOB_MAX_ATTEMPTS)
+        else:
+            final = lifecycle.fail(job.pk, exc.message)
         return final.status if final else None
     except Exception as exc:
         # Outermost edge: record the failure on the job; details stay in the worker's log.
@@ -85,8 +88,8 @@ def execute_job(job_uuid: str, worker_id: str | None = None) -> str | None:
                                        f"reference {reference}). An operator can find the details in the worker log.")
         return final.status if final else None
     finally:
+        # The lifecycle's job-changed event sends the team's next job: nothing to do here.
         heartbeat.done.set()
-        dispatch_team(job.team_id)
 
 
 def _flush_quietly(reporter: JobReporter) -> None:

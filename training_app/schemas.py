@@ -101,6 +101,7 @@ class JobDetailOut(JobOut):
     snapshot_sha256: str
     snapshot: dict[str, Any]
     queue_position: int | None
+    waiting_for: str | None = Field(default=None, description="What a queued job waits for, in words")
 
 
 class LossPointOut(Schema):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from pydantic import ValidationError
 
@@ -14,7 +14,7 @@ from datasets_app.storage import hold_blobs
 from lorasite.accounts import access
 from lorasite.accounts.models import Role, Team
 from lorasite.errors import InvalidInput
-from training_app import dispatch, lifecycle
+from training_app import lifecycle
 from training_app.backends.registry import get_backend
 from training_app.config import TrainingConfig, validation_errors
 from training_app.estimates import Estimate, effective_repeats, estimate, planned_total_steps
@@ -55,9 +55,53 @@ def build_config(preset: str | None, overrides: dict[str, Any], dataset: Dataset
         raise InvalidInput(f"The training settings are not valid: {exc}") from None
 
 
-@transaction.atomic
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def check_idempotency_key(key: str | None) -> str:
+    key = (key or "").strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY or any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise InvalidInput(f"The Idempotency-Key header must be at most {MAX_IDEMPOTENCY_KEY} printable characters.",
+                           [{"loc": ["header", "Idempotency-Key"], "msg": "too long or not printable"}])
+    return key
+
+
+def find_submitted(user, idempotency_key: str) -> TrainingJob | None:
+    """The job this user already submitted with this key, if any."""
+    if not idempotency_key:
+        return None
+    return TrainingJob.objects.filter(created_by=user, idempotency_key=idempotency_key).first()
+
+
 def submit_job(user, *, dataset_id, base_model: str, backend: str = "local", preset: str | None = None,
                config: dict[str, Any] | None = None, name: str | None = None, priority: int = 0) -> TrainingJob:
+    """Create and queue a job (it is sent to a worker after commit, when its team has a free slot)."""
+    with transaction.atomic():
+        return _create_job(user, dataset_id=dataset_id, base_model=base_model, backend=backend, preset=preset,
+                           config=config, name=name, priority=priority, idempotency_key="")
+
+
+def submit_job_once(user, *, idempotency_key: str | None, **request: Any) -> tuple[TrainingJob, bool]:
+    """`submit_job` for clients that retry: returns (job, created). With an Idempotency-Key this user
+    already used, returns their first job and created=False, whatever the request says now."""
+    key = check_idempotency_key(idempotency_key)
+    existing = find_submitted(user, key)
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            return _create_job(user, idempotency_key=key, **request), True
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer with its job.
+        existing = find_submitted(user, key)
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _create_job(user, *, dataset_id, base_model: str, backend: str = "local", preset: str | None = None,
+                config: dict[str, Any] | None = None, name: str | None = None, priority: int = 0,
+                idempotency_key: str = "") -> TrainingJob:
     dataset = access.get_visible(Dataset.objects.select_related("team"), user, needed=Role.MEMBER, uuid=dataset_id)
     team = dataset.team
     backend_impl = get_backend(backend)
@@ -75,12 +119,12 @@ def submit_job(user, *, dataset_id, base_model: str, backend: str = "local", pre
         base_model=model, backend=backend_impl.name, preset=preset or "", config=cfg.model_dump(),
         snapshot=snapshot, snapshot_sha256=snapshot["sha256"], image_count=len(snapshot["images"]),
         total_steps=planned_total_steps(cfg, snapshot["images"]), priority=priority,
+        idempotency_key=idempotency_key,
     )
     # The snapshot's bytes stay stored even if the dataset or its images are deleted: retries and
     # resumes of this job still find them.
     hold_blobs([image["sha256"] for image in snapshot["images"]], holder=job.blob_holder)
-    # Dispatch first after commit: the worker's message matters more than the status broadcasts.
-    transaction.on_commit(lambda: dispatch.dispatch_team(team.pk))
+    # Its job-changed event sends it to a worker after commit, if the team has a free slot.
     lifecycle.submit(job)
     return job
 
@@ -112,20 +156,15 @@ def get_job(user, job_id, needed: Role = Role.VIEWER) -> TrainingJob:
 
 
 def cancel_job(user, job_id) -> TrainingJob:
+    """A queued job is cancelled at once; a running one is marked cancelling, and the worker that
+    runs it stops at its next step (it reads the job row): no backend code runs in the request."""
     job = get_job(user, job_id, needed=Role.MEMBER)
-    job = lifecycle.request_cancel(job.pk)
-    if job.status == JobStatus.CANCELLING:
-        get_backend(job.backend).cancel(job)
-    else:
-        transaction.on_commit(lambda: dispatch.dispatch_team(job.team_id))
-    return job
+    return lifecycle.request_cancel(job.pk)
 
 
 def retry_job(user, job_id) -> TrainingJob:
     job = get_job(user, job_id, needed=Role.MEMBER)
-    job = lifecycle.retry(job.pk)
-    transaction.on_commit(lambda: dispatch.dispatch_team(job.team_id))
-    return job
+    return lifecycle.retry(job.pk)
 
 
 def request_action(user, job_id, action: str) -> TrainingJob:

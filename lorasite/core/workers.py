@@ -15,6 +15,8 @@ from django.db import close_old_connections
 from django.utils import timezone
 from dramatiq.middleware import Middleware
 
+from lorasite.core import maintenance
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,11 +50,9 @@ def check_out() -> None:
     WorkerNode.objects.filter(name=worker_name()).delete()
 
 
-def run_maintenance() -> None:
-    from training_app.dispatch import reap_lost_jobs, reconcile_queued_jobs
-
-    reap_lost_jobs()
-    reconcile_queued_jobs()
+def run_maintenance() -> dict[str, object]:
+    """Every maintenance hook the apps registered (the job reaper and reconciler, ...)."""
+    return maintenance.run_all()
 
 
 class WorkerPresence(Middleware):
@@ -77,7 +77,8 @@ class WorkerPresence(Middleware):
             logger.warning("could not check out", exc_info=True)
 
     def _loop(self, queues: list[str]) -> None:
-        interval = settings.WORKER_CHECKIN_SECONDS
+        # Maintenance runs every few seconds, so a lost message is re-sent quickly; check-in is one UPDATE.
+        interval = min(settings.WORKER_CHECKIN_SECONDS, settings.JOB_RECONCILE_SECONDS)
         while not self._stop.is_set():
             try:
                 close_old_connections()

@@ -39,6 +39,7 @@ class TrainingBackend(Protocol):
     name: str
     label: str
     queue: str  # the Dramatiq queue whose workers run this backend's jobs
+    actor_name: str  # the Dramatiq actor (on that queue) that runs one job
     families: tuple[str, ...]
     paid: bool
 

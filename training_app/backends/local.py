@@ -27,6 +27,7 @@ class LocalBackend:
     name = "local"
     label = "This installation's GPU workers"
     queue = "gpu"
+    actor_name = "run_local_job"
     families = ("sd15", "sdxl")
     paid = False
 

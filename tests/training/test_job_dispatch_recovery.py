@@ -1,0 +1,112 @@
+"""Lost job messages are found within seconds by a real worker on Redis; workers as shipped poll
+quickly; the job page says what a queued job waits for."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import dramatiq
+import httpx
+import pytest
+import redis
+
+from lorasite.accounts.models import ApiToken
+from lorasite.broker import build_broker, get_broker
+from tests.services import (
+    bin_path,
+    free_port,
+    production_env,
+    require_redis,
+    start_process,
+    stop_process,
+    wait_for_port,
+)
+from training_app.models import JobStatus, TrainingJob
+
+TINY = {"resolution": 64, "batch_size": 2, "rank": 4, "max_steps": 2}
+
+
+def _wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_message_lost_in_a_broker_restart_is_resent_within_seconds(member, dataset_a, tiny_base_model, settings):
+    redis_url = require_redis()
+    namespace = f"lorasite-test-{uuid.uuid4().hex[:8]}"
+    env = production_env(REDIS_URL=redis_url, DRAMATIQ_NAMESPACE=namespace, CHANNEL_LAYER_PREFIX=namespace,
+                         ALLOWED_HOSTS="127.0.0.1", LORASITE_MODELS_DIR=str(settings.LORASITE_MODELS_DIR),
+                         WORKER_CHECKIN_SECONDS="1", JOB_RECONCILE_SECONDS="1", JOB_RECONCILE_GRACE_SECONDS="1",
+                         OMP_NUM_THREADS="1")
+    # 300 s is the blind re-send; the job must start long before it.
+    env["JOB_REDISPATCH_AFTER_SECONDS"] = "300"
+    token = ApiToken.issue(member, "recovery")[1]
+    port = free_port()
+    web = start_process([bin_path("daphne"), "-b", "127.0.0.1", "-p", str(port), "lorasite.asgi:application"], env)
+    worker = None
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_for_port(port, web)
+        response = httpx.post(f"http://127.0.0.1:{port}/api/jobs", headers={"Authorization": f"Bearer {token}"},
+                              json={"dataset_id": str(dataset_a.uuid), "base_model": "tiny-sd15", "config": TINY},
+                              timeout=30)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        page = httpx.get(f"http://127.0.0.1:{port}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
+        assert page.json()["waiting_for"] == "waiting for a worker on queue gpu"
+        assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 1, 10)
+        # The broker restarts without persistence: the job's message is gone, the row still says queued.
+        for key in client.scan_iter(f"{namespace}:*"):
+            client.delete(key)
+        worker = start_process([bin_path("dramatiq"), "lorasite.worker", "--processes", "1", "--threads", "1",
+                                "--queues", "gpu", "default"], env)
+        started = _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status != JobStatus.QUEUED, 60)
+        assert started, "the job was never re-sent"
+        assert _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status == JobStatus.COMPLETED, 120)
+        job = TrainingJob.objects.get(uuid=job_id)
+        assert job.attempts == 1
+    finally:
+        for process in (worker, web):
+            if process is not None:
+                log = stop_process(process, timeout=15)
+                if "Traceback" in log:
+                    print(log)
+        for key in client.scan_iter(f"{namespace}:*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_started_without_settings_polls_every_50_ms(monkeypatch):
+    monkeypatch.delenv("dramatiq_worker_timeout", raising=False)
+    worker = dramatiq.Worker(get_broker(), queues={"default"}, worker_threads=1)
+    assert worker.worker_timeout == 1000  # dramatiq's own default, before boot
+    worker.start()
+    try:
+        assert worker.worker_timeout == 50
+        assert all(consumer.worker_timeout == 50 for consumer in worker.consumers.values())
+    finally:
+        worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_poll_interval_can_be_changed(monkeypatch):
+    monkeypatch.delenv("dramatiq_worker_timeout", raising=False)
+    monkeypatch.setenv("LORASITE_WORKER_POLL_MS", "20")
+    worker = dramatiq.Worker(get_broker(), queues={"default"}, worker_threads=1)
+    worker.start()
+    try:
+        assert worker.worker_timeout == 20
+    finally:
+        worker.stop()
+    monkeypatch.setenv("LORASITE_WORKER_POLL_MS", "soon")
+    # A bad value stops the process when the broker is set up, before any worker runs.
+    with pytest.raises(RuntimeError, match="LORASITE_WORKER_POLL_MS must be a whole number"):
+        build_broker("stub")
