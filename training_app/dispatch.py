@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from lorasite.broker import get_broker, message_status
+from lorasite.core.workers import live_workers
 from training_app import lifecycle
 from training_app.backends.registry import actor_for
 from training_app.models import JobStatus, TrainingJob
@@ -105,8 +106,6 @@ def waiting_reason(job: TrainingJob) -> str | None:
     """What a queued job waits for, in words for its page; None when it is not waiting."""
     if job.status != JobStatus.QUEUED:
         return None
-    from lorasite.core.workers import live_workers
-
     queue = actor_for(job.backend).queue_name
     if job.not_before and job.not_before > timezone.now():
         return f"retrying after an error at {job.not_before:%H:%M:%S} UTC"

@@ -67,7 +67,7 @@ def test_member_receives_a_message_published_by_another_process(daphne_server, t
         async with websockets.connect(url, additional_headers={"Cookie": cookie},
                                       origin=f"http://127.0.0.1:{port}") as ws:
             hello = await receive_until(ws, lambda m: True)
-            assert hello["type"] == "hello" and hello["slug"] == "alpha"
+            assert hello["type"] == "snapshot" and hello["slug"] == "alpha"
             result = await asyncio.to_thread(
                 subprocess.run, [sys.executable, "-c", publish, f"team.{team_a.uuid}", json.dumps(payload)],
                 env=env, capture_output=True, text=True, timeout=60,

@@ -34,7 +34,7 @@ async def test_member_receives_team_messages(team_a, member):
     ws = communicator(team_a, [(b"cookie", await session_cookie(member))])
     connected, _ = await ws.connect()
     assert connected
-    assert (await ws.receive_json_from())["type"] == "hello"
+    assert (await ws.receive_json_from())["type"] == "snapshot"
     await ws.send_json_to({"type": "ping"})
     assert await ws.receive_json_from() == {"type": "pong"}
     from channels.layers import get_channel_layer
@@ -79,3 +79,17 @@ async def test_foreign_origin_is_refused_even_with_a_valid_session(team_a, membe
                                headers=[(b"origin", b"http://evil.example"), (b"cookie", await session_cookie(member))])
     connected, _ = await ws.connect()
     assert not connected
+
+
+async def test_dashboard_socket_starts_with_a_snapshot_of_active_jobs(team_a, member, dataset_a, tiny_base_model):
+    from training_app.services import submit_job
+
+    job = await sync_to_async(submit_job)(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15",
+                                          config={"resolution": 64, "max_steps": 3})
+    ws = communicator(team_a, [(b"cookie", await session_cookie(member))])
+    connected, _ = await ws.connect()
+    assert connected
+    snapshot = await ws.receive_json_from()
+    assert snapshot["type"] == "snapshot" and snapshot["slug"] == team_a.slug
+    assert [(j["job"], j["status"], j["total_steps"]) for j in snapshot["jobs"]] == [(str(job.uuid), "queued", 3)]
+    await ws.disconnect()

@@ -8,6 +8,8 @@ from typing import Any
 
 from django.conf import settings
 
+from lorasite.broker import broker_kind
+from lorasite.core.workers import live_workers
 from training_app.backends.base import BackendError, RunOutcome
 from training_app.config import TrainingConfig
 from training_app.estimates import effective_repeats
@@ -32,13 +34,9 @@ class LocalBackend:
     paid = False
 
     def availability(self) -> tuple[bool, str]:
-        from lorasite.core.workers import live_workers
-
         workers = live_workers("gpu")
         if workers:
             return True, f"{len(workers)} GPU worker(s) online"
-        from lorasite.broker import broker_kind
-
         if broker_kind() == "stub":
             return True, "embedded worker (runs inside the web process)"
         return False, "no GPU worker has checked in recently; jobs will wait in the queue"
