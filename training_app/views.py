@@ -19,6 +19,7 @@ from lorasite.accounts.services import remove_membership, set_membership
 from lorasite.core.workers import live_workers
 from lorasite.errors import DomainError, NotFound
 from training_app import services
+from training_app.dispatch import waiting_reason
 from training_app.backends.registry import all_backends
 from training_app.charts import downsampled_loss_points
 from training_app.form_fields import form_groups
@@ -130,6 +131,7 @@ def job_page(request, slug: str, job_id):
         "team": team, "role": role, "job": job, "can_train": role.allows(Role.MEMBER), "files": files,
         "samples": [{"step": a.step, "url": artifact_url(a), "prompt": a.prompt} for a in samples],
         "queue_position": services.queue_position(job),
+        "waiting_for": waiting_reason(job),
         "chart_data": {"points": [[p.step, p.loss, p.lr] for p in points], "job": str(job.uuid),
                        "status": job.status},
         "config_json": json.dumps(job.config, indent=2, sort_keys=True),

@@ -179,3 +179,13 @@ def test_train_link_from_a_dataset_preselects_it(member, dataset_a, tiny_base_mo
     page = client.get(f"/teams/alpha/train/?dataset={dataset_a.uuid}").content.decode()
     data = json.loads(re.search(r'<script id="train-data" type="application/json">(.*?)</script>', page, re.S).group(1))
     assert data["initial"] == {"dataset_id": str(dataset_a.uuid)}
+
+
+def test_job_page_says_a_queued_job_waits_for_a_worker_on_its_queue(member, job):
+    page = browser(member).get(f"/teams/alpha/jobs/{job.uuid}/").content.decode()
+    assert "waiting for a worker on queue gpu" in page
+    from lorasite.core.workers import check_in
+
+    check_in(["gpu", "default"])
+    page = browser(member).get(f"/teams/alpha/jobs/{job.uuid}/").content.decode()
+    assert "waiting for a worker on queue gpu" not in page
