@@ -146,6 +146,8 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 JOB_RECONCILE_SECONDS = env_int("JOB_RECONCILE_SECONDS", 3, minimum=1)
 JOB_RECONCILE_GRACE_SECONDS = env_int("JOB_RECONCILE_GRACE_SECONDS", 5, minimum=0)
 JOB_REDISPATCH_AFTER_SECONDS = env_int("JOB_REDISPATCH_AFTER_SECONDS", 300, minimum=1)
+# Every job checkpoints at least this often (wall time), whatever its preset's save_every_n_steps.
+JOB_CHECKPOINT_SECONDS = env_int("JOB_CHECKPOINT_SECONDS", 300, minimum=1)
 JOB_TIME_LIMIT_HOURS = env_int("JOB_TIME_LIMIT_HOURS", 48, minimum=1)
 # Team webhooks may not target loopback/private addresses unless the operator allows it.
 WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import shutil
 import time
 from collections import deque
@@ -79,13 +78,8 @@ def record_artifact(job: TrainingJob, kind: str, path: Path, step: int | None = 
     return artifact
 
 
-def sample_prompt(job: TrainingJob, image_path: Path) -> str:
-    """The prompt of a sample image: the trainer names them `step-<step>-<prompt index>.png`."""
-    match = re.fullmatch(r"step-\d+-(\d+)\.png", Path(image_path).name)
-    prompts = job.config.get("sample_prompts") or []
-    if match and int(match.group(1)) < len(prompts):
-        return prompts[int(match.group(1))]
-    return ""
+# The trainer's names for the layouts it writes (it imports no Django) -> the portal's artifact kinds.
+LORA_ARTIFACT_KINDS = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS}
 
 
 class JobReporter:
@@ -105,12 +99,13 @@ class JobReporter:
         self._last_db = clock()
         self._last_control = -1e9
         self._pending_points: list[LossPoint] = []
+        self._drop_points_from: int | None = None
         self._pending_logs: list[JobLog] = []
         self._window: deque[float] = deque(maxlen=AVG_WINDOW)
         self._stop = False
         self._actions: frozenset[str] = frozenset()
         self._dirty = False
-        self._lora_stamps: dict[str, int] = {}
+        self._lora_files: dict[str, Path] = {}
         self.published_progress = 0
 
     # -- trainer callbacks -------------------------------------------------------------------
@@ -119,6 +114,8 @@ class JobReporter:
         if self._start_step is None:
             # A resumed run starts mid-way: the ETA is based on this run's own pace.
             self._start_step, self._start = step - 1, now
+            # Points from this step on were drawn by a dead attempt past its last checkpoint.
+            self._drop_points_from = step
         job = self.job
         self._window.append(float(loss))
         job.step, job.total_steps, job.loss, job.lr = step, total_steps, float(loss), float(lr)
@@ -139,16 +136,15 @@ class JobReporter:
         # Log lines go to the job page only; the team dashboard shows progress and status.
         publish(job_group(self.job.uuid), {"type": "log", "job": str(self.job.uuid), "line": line})
 
-    def sample(self, step: int, image_path: Path) -> None:
+    def sample(self, step: int, prompt: str, path: Path) -> None:
         target_dir = Path(settings.MEDIA_ROOT) / self.job.output_dir_name() / "samples"
-        image_path = Path(image_path)
-        if target_dir.resolve() not in image_path.resolve().parents:
+        path = Path(path)
+        if target_dir.resolve() not in path.resolve().parents:
             target_dir.mkdir(parents=True, exist_ok=True)
-            target = target_dir / image_path.name
-            shutil.copyfile(image_path, target)
-            image_path = target
-        artifact = record_artifact(self.job, ArtifactKind.SAMPLE, image_path, step=step,
-                                   prompt=sample_prompt(self.job, image_path))
+            target = target_dir / path.name
+            shutil.copyfile(path, target)
+            path = target
+        artifact = record_artifact(self.job, ArtifactKind.SAMPLE, path, step=step, prompt=prompt)
         publish_to_job_and_team(self.job, {"type": "sample", "job": str(self.job.uuid), "step": step,
                                            "url": artifact_url(artifact), "prompt": artifact.prompt})
 
@@ -159,27 +155,22 @@ class JobReporter:
         self.job.checkpoint_path = relative
         record_artifact(self.job, ArtifactKind.CHECKPOINT, Path(path), step=step, replace=True)
         self.log(f"checkpoint saved at step {step}")
-        # "Save now" (and a stop) export the LoRA before checkpointing: offer those files at once.
-        self.record_lora_files(step)
 
-    def record_lora_files(self, step: int, files: dict[str, Path] | None = None) -> None:
-        """Register LoRA files the trainer wrote (new or rewritten) and announce them."""
-        if files is None:
-            out = Path(settings.MEDIA_ROOT) / self.job.output_dir_name()
-            kohya = sorted(out.glob("*.safetensors"))
-            files = {ArtifactKind.LORA_DIFFUSERS: out / "diffusers" / "pytorch_lora_weights.safetensors"}
-            if kohya:
-                files[ArtifactKind.LORA_KOHYA] = kohya[0]
+    def lora_saved(self, kind: str, path: Path, step: int) -> None:
+        """The trainer (re)wrote a LoRA file: offer it at once, so a "save now" is downloadable mid-run."""
+        self._record_lora(LORA_ARTIFACT_KINDS[kind], Path(path), step)
+
+    def record_lora_files(self, step: int, files: dict[str, Path]) -> None:
+        """Register the LoRA files a backend's run produced, unless `lora_saved` already offered them."""
         for kind, path in files.items():
-            if not path.is_file():
-                continue
-            stamp = path.stat().st_mtime_ns
-            if self._lora_stamps.get(kind) == stamp:
-                continue
-            self._lora_stamps[kind] = stamp
-            artifact = record_artifact(self.job, kind, path, step=step, replace=True)
-            publish(job_group(self.job.uuid), {"type": "artifact", "job": str(self.job.uuid), "kind": kind,
-                                               "url": artifact_url(artifact)})
+            if self._lora_files.get(kind) != Path(path):
+                self._record_lora(kind, Path(path), step)
+
+    def _record_lora(self, kind: str, path: Path, step: int) -> None:
+        self._lora_files[kind] = path
+        artifact = record_artifact(self.job, kind, path, step=step, replace=True)
+        publish(job_group(self.job.uuid), {"type": "artifact", "job": str(self.job.uuid), "kind": kind,
+                                           "url": artifact_url(artifact)})
 
     def should_stop(self) -> bool:
         self._poll_control()
@@ -200,6 +191,9 @@ class JobReporter:
                     step=job.step, total_steps=job.total_steps, loss=job.loss, avg_loss=job.avg_loss, lr=job.lr,
                     eta_seconds=job.eta_seconds, heartbeat_at=timezone.now(),
                 )
+            if self._drop_points_from is not None:
+                LossPoint.objects.filter(job=job, step__gte=self._drop_points_from).delete()
+                self._drop_points_from = None
             if self._pending_points:
                 LossPoint.objects.bulk_create(self._pending_points)
             if self._pending_logs:

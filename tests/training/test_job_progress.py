@@ -141,14 +141,65 @@ async def test_saved_lora_files_are_offered_at_once_and_announced(running_job, s
     await layer.group_add(f"job.{running_job.uuid}", channel)
     out = Path(settings.MEDIA_ROOT) / running_job.output_dir_name()
     (out / "diffusers").mkdir(parents=True)
-    (out / "checkpoints" / "step-00000005").mkdir(parents=True)
-    (out / "my_lora.safetensors").write_bytes(b"kohya")
-    (out / "diffusers" / "pytorch_lora_weights.safetensors").write_bytes(b"diffusers")
+    kohya, diffusers = out / "my_lora.safetensors", out / "diffusers" / "pytorch_lora_weights.safetensors"
     reporter = JobReporter(running_job, "w1", clock=FakeClock())
-    await database_sync_to_async(reporter.checkpoint)(5, out / "checkpoints" / "step-00000005")
-    await database_sync_to_async(reporter.checkpoint)(5, out / "checkpoints" / "step-00000005")  # unchanged files
-    kinds = await database_sync_to_async(
-        lambda: sorted(Artifact.objects.filter(job=running_job).values_list("kind", flat=True)))()
-    assert kinds == ["checkpoint", "lora_diffusers", "lora_kohya"]
-    announced = [m for m in await drain(layer, channel) if m["type"] == "artifact"]
-    assert sorted(m["kind"] for m in announced) == ["lora_diffusers", "lora_kohya"]
+
+    def save(step):
+        kohya.write_bytes(f"kohya {step}".encode())
+        diffusers.write_bytes(f"diffusers {step}".encode())
+        reporter.lora_saved("kohya", kohya, step)
+        reporter.lora_saved("diffusers", diffusers, step)
+
+    await database_sync_to_async(save)(5)
+    await database_sync_to_async(save)(10)  # "save now" again: the same artifacts, rewritten
+    rows = await database_sync_to_async(
+        lambda: sorted(Artifact.objects.filter(job=running_job).values_list("kind", "step", "size_bytes")))()
+    assert rows == [("lora_diffusers", 10, len(b"diffusers 10")), ("lora_kohya", 10, len(b"kohya 10"))]
+    announced = [m["kind"] for m in await drain(layer, channel) if m["type"] == "artifact"]
+    assert announced == ["lora_kohya", "lora_diffusers"] * 2
+
+
+def test_only_the_files_the_trainer_reports_become_lora_artifacts(running_job, settings):
+    from pathlib import Path
+
+    out = Path(settings.MEDIA_ROOT) / running_job.output_dir_name()
+    (out / "checkpoints" / "step-00000005").mkdir(parents=True)
+    (out / "a_stray_file.safetensors").write_bytes(b"not ours")
+    reporter = JobReporter(running_job, "w1", clock=FakeClock())
+    reporter.checkpoint(5, out / "checkpoints" / "step-00000005")
+    assert list(running_job.artifacts.values_list("kind", flat=True)) == ["checkpoint"]
+    # The runner registers what a backend's outcome lists, once: files already reported are not repeated.
+    kohya = out / "job.safetensors"
+    kohya.write_bytes(b"kohya")
+    reporter.lora_saved("kohya", kohya, 6)
+    first = running_job.artifacts.get(kind="lora_kohya").uuid
+    reporter.record_lora_files(6, {"lora_kohya": kohya})
+    assert running_job.artifacts.get(kind="lora_kohya").uuid == first
+
+
+def test_a_sample_keeps_the_prompt_the_trainer_reported(running_job, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "whatever-name.png"
+    Image.new("RGB", (8, 8)).save(image)
+    reporter = JobReporter(running_job, "w1", clock=FakeClock())
+    reporter.sample(7, "shp, a square on grass", image)
+    sample = running_job.artifacts.get(kind="sample")
+    assert (sample.step, sample.prompt) == (7, "shp, a square on grass")
+    assert sample.path.endswith("samples/whatever-name.png")
+
+
+@pytest.mark.django_db
+def test_a_resumed_run_replaces_the_loss_points_of_the_dead_attempt(running_job):
+    first = JobReporter(running_job, running_job.worker_id)
+    for step in range(1, 11):
+        first.step(step, 12, 1.0, 1e-4)
+    first.flush()
+    # The worker died at step 10; the job resumes from its step-6 checkpoint and runs to the end.
+    second = JobReporter(running_job, running_job.worker_id)
+    for step in range(7, 13):
+        second.step(step, 12, 0.5, 1e-4)
+    second.finish()
+    points = list(LossPoint.objects.filter(job=running_job).order_by("step").values_list("step", "loss"))
+    assert [s for s, _ in points] == list(range(1, 13))
+    assert all(loss == 0.5 for step, loss in points if step >= 7)

@@ -118,3 +118,28 @@ def test_a_job_still_trains_after_its_dataset_is_deleted(member, dataset_a, tiny
     # Deleting the job lets the bytes go, now that nothing needs them.
     TrainingJob.objects.filter(pk=job.pk).delete()
     assert not any((settings.MEDIA_ROOT / i["storage_name"]).exists() for i in job.snapshot["images"])
+
+
+def test_two_jobs_submitted_at_once_both_complete_in_the_embedded_worker(member, dataset_a, tiny_base_model):
+    import dramatiq
+
+    from lorasite.broker import get_broker
+
+    team = dataset_a.team
+    team.max_concurrent_jobs = 2
+    team.save()
+    broker = get_broker()
+    broker.flush_all()
+    # Both messages are in the queue before the two worker threads start: they take them at once.
+    jobs = [submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15",
+                       config={"resolution": 64, "max_steps": 3, "rank": 4}) for _ in range(2)]
+    worker = dramatiq.Worker(broker, queues={"gpu"}, worker_threads=2)
+    worker.start()
+    try:
+        broker.join("gpu", fail_fast=True, timeout=180_000)
+        worker.join()
+    finally:
+        worker.stop()
+    statuses = [TrainingJob.objects.get(pk=j.pk) for j in jobs]
+    assert [(j.status, j.error) for j in statuses] == [(JobStatus.COMPLETED, "")] * 2
+    assert {j.worker_id for j in statuses} and len({j.worker_id for j in statuses}) == 2

@@ -75,3 +75,36 @@ def test_resume_from_latest_after_crash(make_spec, tmp_path: Path) -> None:
     assert latest is not None and latest.name == "step-00000004"
     resumed = train(make_spec(out=out, max_steps=6, save_every_n_steps=2, resume_from=latest))
     assert list(resumed.losses) == list(full.losses[4:])
+
+
+def test_a_run_without_step_checkpoints_still_checkpoints_by_wall_time_and_resumes_exactly(
+    make_spec, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from training_app.presets import preset_values
+
+    fast = {k: v for k, v in preset_values("fast").items() if k in ("save_every_n_steps", "rank")}
+    assert fast["save_every_n_steps"] == 0  # the preset itself writes no step checkpoints
+    base = make_spec(out=tmp_path / "whole", max_steps=6, **fast)
+    whole = train(base)
+    timed = dataclasses.replace(base, output_dir=tmp_path / "timed", checkpoint_every_seconds=1e-6)
+    train(timed)
+    steps = sorted(p.name for p in (tmp_path / "timed" / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert len(steps) >= 5, steps  # the wall-time interval wrote checkpoints mid-run
+    # A killed run resumes from a mid-run wall-time checkpoint and ends on the same weights.
+    mid = tmp_path / "timed" / "checkpoints" / "step-00000003"
+    resumed = train(dataclasses.replace(base, output_dir=tmp_path / "resumed", resume_from=mid))
+    a, b = load_file(str(whole.lora_kohya_path)), load_file(str(resumed.lora_kohya_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_every_seconds_must_be_positive(make_spec) -> None:
+    import dataclasses
+
+    from training_app.trainer import TrainerConfigError
+
+    with pytest.raises(TrainerConfigError, match="checkpoint_every_seconds must be a positive number"):
+        dataclasses.replace(make_spec(), checkpoint_every_seconds=0)

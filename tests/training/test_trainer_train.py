@@ -80,13 +80,25 @@ def test_should_stop_saves_checkpoint_and_lora(make_spec, tmp_path: Path) -> Non
     assert latest_checkpoint(result.checkpoint_path.parent.parent) == result.checkpoint_path
     assert result.lora_kohya_path.is_file() and result.lora_diffusers_path.is_file()
     assert rep.checkpoints and rep.checkpoints[-1][0] == 3
+    # The save on stop is announced like any other.
+    assert rep.lora_files == [("kohya", result.lora_kohya_path, 3), ("diffusers", result.lora_diffusers_path, 3)]
+
+
+def test_reporter_is_told_of_every_lora_file_the_trainer_writes(make_spec, tmp_path: Path) -> None:
+    rep = RecordingReporter(actions_at={2: frozenset({"save"})})
+    result = train(make_spec(max_steps=4, metadata={"output_name": "shapes"}), rep)
+    kohya, diffusers = result.lora_kohya_path, result.lora_diffusers_path
+    assert kohya.name == "shapes.safetensors" and diffusers.name == "pytorch_lora_weights.safetensors"
+    # "Save now" at step 2, then the final save: each write is reported with its kind and step.
+    assert rep.lora_files == [("kohya", kohya, 2), ("diffusers", diffusers, 2),
+                              ("kohya", kohya, 4), ("diffusers", diffusers, 4)]
 
 
 def test_pending_sample_and_save_actions(make_spec, tmp_path: Path) -> None:
     rep = RecordingReporter(actions_at={2: frozenset({"sample"}), 3: frozenset({"save"})})
     result = train(make_spec(max_steps=4, sample_steps=2, sample_prompts=["zzt, red circle"]), rep)
-    assert [s for s, _ in rep.samples] == [2]
-    png = rep.samples[0][1]
+    assert [(s, prompt) for s, prompt, _ in rep.samples] == [(2, "zzt, red circle")]
+    png = rep.samples[0][2]
     assert png.suffix == ".png" and png.is_file() and png.parent.name == "samples"
     assert 3 in [s for s, _ in rep.checkpoints]
     assert result.sample_paths == (png,)
@@ -99,8 +111,9 @@ def test_sample_every_n_steps_renders_pngs(make_spec, tmp_path: Path) -> None:
     result = train(
         make_spec(max_steps=4, sample_every_n_steps=2, sample_steps=2, sample_prompts=["a", "b"]), rep
     )
-    assert [s for s, _ in rep.samples] == [2, 2, 4, 4]
-    for _, path in rep.samples:
+    # Each sample comes with the prompt that rendered it.
+    assert [(s, prompt) for s, prompt, _ in rep.samples] == [(2, "a"), (2, "b"), (4, "a"), (4, "b")]
+    for _, _, path in rep.samples:
         with Image.open(path) as img:
             assert img.size == (64, 64) and img.format == "PNG"
     assert len(result.sample_paths) == 4

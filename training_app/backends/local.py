@@ -77,6 +77,7 @@ class LocalBackend:
                 output_dir=output_dir,
                 device=os.environ.get("LORASITE_DEVICE") or None,
                 resume_from=resume_from,
+                checkpoint_every_seconds=settings.JOB_CHECKPOINT_SECONDS,
                 metadata={"job_id": str(job.uuid), "dataset_sha256": job.snapshot_sha256,
                           "output_name": _output_name(job), "trigger_word": job.config.get("trigger_word", "")},
             )

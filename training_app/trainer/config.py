@@ -283,6 +283,9 @@ class TrainSpec:
     device: str | None = None  # None: cuda when available, else cpu
     resume_from: Path | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Also checkpoint whenever this much wall time has passed since the last one (None: by steps
+    # only), so a killed job loses minutes at most whatever save_every_n_steps says.
+    checkpoint_every_seconds: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
@@ -291,6 +294,9 @@ class TrainSpec:
             object.__setattr__(self, "resume_from", Path(self.resume_from))
         if not self.items:
             raise TrainerConfigError("the dataset has no images")
+        seconds = self.checkpoint_every_seconds
+        if seconds is not None and not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
+            raise TrainerConfigError(f"checkpoint_every_seconds must be a positive number of seconds, not {seconds!r}")
         if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise TrainerConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {self.device!r}")
 

@@ -36,10 +36,10 @@ from .data import (
 from .export import build_metadata, save_diffusers_lora, save_kohya_lora
 from .lora import attach_lora, components, load_trainable_state_dict, peft_state_dict, trainable_state_dict
 from .losses import compute_snr, diffusion_loss, min_snr_weights
-from .models import encode_prompts, load_model, sdxl_time_ids
+from .models import MODEL_LOAD_LOCK, encode_prompts, load_model, sdxl_time_ids
 from .noise import add_noise, offset_noise, prediction_target
 from .optim import build_lr_scheduler, build_optimizer
-from .reporter import NullReporter, Reporter
+from .reporter import LORA_DIFFUSERS, LORA_KOHYA, NullReporter, Reporter
 from .sampling import render_samples
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +102,7 @@ class _Run:
         self.losses: list[float] = []
         self.loss_sum, self.loss_count = 0.0, 0
         self.started_at = time.time()
+        self.last_checkpoint_at = time.monotonic()
         self.sample_paths: list[Path] = []
         self.last_checkpoint: Path | None = None
         self.kohya_path: Path | None = None
@@ -132,7 +133,8 @@ class _Run:
         for enc in m.text_encoders:
             enc.eval().to(self.device, **half)
         m.unet.to(self.device, **half)
-        self.peft_configs = attach_lora(m.unet, m.text_encoders, cfg)
+        with MODEL_LOAD_LOCK:  # creates modules: must not overlap another thread's meta-device load
+            self.peft_configs = attach_lora(m.unet, m.text_encoders, cfg)
         self.components = components(m.unet, m.text_encoders, cfg)
         for module in self.components.values():
             for p in module.parameters():
@@ -305,6 +307,7 @@ class _Run:
             f"{self.total_steps} steps on {self.device} (prediction: {self.prediction_type})"
         )
         stopped = False
+        self.last_checkpoint_at = time.monotonic()  # loading and caching are not training time lost
         while self.step < self.total_steps:
             loss = self._optimizer_step()
             self.step += 1
@@ -324,6 +327,7 @@ class _Run:
                 stopped
                 or "save" in actions
                 or (cfg.save_every_n_steps and self.step % cfg.save_every_n_steps == 0)
+                or self._checkpoint_overdue()
             ):
                 self._checkpoint()
             if stopped:
@@ -362,9 +366,9 @@ class _Run:
             device=self.device,
             autocast_dtype=self.autocast_dtype if self.on_cuda else None,
         )
-        for p in paths:
-            self.sample_paths.append(p)
-            self.reporter.sample(self.step, p)
+        for prompt, path in zip(prompts, paths, strict=True):
+            self.sample_paths.append(path)
+            self.reporter.sample(self.step, prompt, path)
 
     def _export(self) -> None:
         cfg, md = self.cfg, self.spec.metadata
@@ -399,8 +403,15 @@ class _Run:
             self.metadata,
         )
         self.reporter.log(f"saved LoRA at step {self.step}: {self.kohya_path.name}, diffusers/")
+        self.reporter.lora_saved(LORA_KOHYA, self.kohya_path, self.step)
+        self.reporter.lora_saved(LORA_DIFFUSERS, self.diffusers_path, self.step)
+
+    def _checkpoint_overdue(self) -> bool:
+        every = self.spec.checkpoint_every_seconds
+        return every is not None and time.monotonic() - self.last_checkpoint_at >= every
 
     def _checkpoint(self) -> None:
+        self.last_checkpoint_at = time.monotonic()
         state = {
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),

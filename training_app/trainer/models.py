@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,19 @@ def _quiet_loading() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+# diffusers/accelerate build models on the meta device by patching torch's global module
+# constructors for the duration of a load; two loads at once in one process (the embedded worker's
+# two threads) see each other's patches and fail with "expected device meta but got cpu".
+MODEL_LOAD_LOCK = threading.RLock()
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load models one at a time per process (see MODEL_LOAD_LOCK); the rest is `_load_model`."""
+    with MODEL_LOAD_LOCK:
+        return _load_model(spec)
+
+
+def _load_model(spec: ModelSpec) -> LoadedModel:
     """Load the UNet, VAE, text encoder(s) and tokenizer(s) described by ``spec`` on CPU in fp32.
 
     Raises :class:`ModelLoadError` for a missing path, a folder that is not a

@@ -3,7 +3,8 @@
 The trainer only calls the methods of :class:`Reporter`; it never imports the
 portal. ``should_stop`` and ``pending_actions`` are polled once per optimizer
 step, so a "stop", "sample now" or "save now" button takes effect at the next
-step boundary.
+step boundary. The trainer says what it wrote (each sample with its prompt,
+each LoRA file with its layout), so a reporter never has to guess file names.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 ACTIONS = frozenset({"sample", "save"})
+# Layouts of the LoRA files the trainer writes, as passed to ``Reporter.lora_saved``.
+LORA_KOHYA = "kohya"
+LORA_DIFFUSERS = "diffusers"
+LORA_LAYOUTS = (LORA_KOHYA, LORA_DIFFUSERS)
 
 
 @runtime_checkable
@@ -24,9 +29,13 @@ class Reporter(Protocol):
 
     def log(self, line: str) -> None: ...
 
-    def sample(self, step: int, image_path: Path) -> None: ...
+    def sample(self, step: int, prompt: str, path: Path) -> None: ...
 
     def checkpoint(self, step: int, path: Path) -> None: ...
+
+    def lora_saved(self, kind: str, path: Path, step: int) -> None:
+        """A LoRA file of layout ``kind`` (:data:`LORA_LAYOUTS`) was (re)written at ``path``."""
+        ...
 
     def should_stop(self) -> bool: ...
 
@@ -42,10 +51,13 @@ class BaseReporter:
     def log(self, line: str) -> None:
         pass
 
-    def sample(self, step: int, image_path: Path) -> None:
+    def sample(self, step: int, prompt: str, path: Path) -> None:
         pass
 
     def checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def lora_saved(self, kind: str, path: Path, step: int) -> None:
         pass
 
     def should_stop(self) -> bool:
@@ -72,11 +84,14 @@ class PrintReporter(BaseReporter):
     def log(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    def sample(self, step: int, image_path: Path) -> None:
-        print(f"sample at step {step}: {image_path}", file=sys.stderr, flush=True)
+    def sample(self, step: int, prompt: str, path: Path) -> None:
+        print(f"sample at step {step} ({prompt!r}): {path}", file=sys.stderr, flush=True)
 
     def checkpoint(self, step: int, path: Path) -> None:
         print(f"checkpoint at step {step}: {path}", file=sys.stderr, flush=True)
+
+    def lora_saved(self, kind: str, path: Path, step: int) -> None:
+        print(f"{kind} LoRA saved at step {step}: {path}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -87,8 +102,9 @@ class RecordingReporter(BaseReporter):
     actions_at: dict[int, frozenset[str]] = field(default_factory=dict)
     steps: list[tuple[int, int, float, float]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    samples: list[tuple[int, Path]] = field(default_factory=list)
+    samples: list[tuple[int, str, Path]] = field(default_factory=list)
     checkpoints: list[tuple[int, Path]] = field(default_factory=list)
+    lora_files: list[tuple[str, Path, int]] = field(default_factory=list)
     stop_checks: int = 0
 
     @property
@@ -105,11 +121,14 @@ class RecordingReporter(BaseReporter):
     def log(self, line: str) -> None:
         self.lines.append(line)
 
-    def sample(self, step: int, image_path: Path) -> None:
-        self.samples.append((step, image_path))
+    def sample(self, step: int, prompt: str, path: Path) -> None:
+        self.samples.append((step, prompt, path))
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.checkpoints.append((step, path))
+
+    def lora_saved(self, kind: str, path: Path, step: int) -> None:
+        self.lora_files.append((kind, path, step))
 
     def should_stop(self) -> bool:
         self.stop_checks += 1

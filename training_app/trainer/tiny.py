@@ -124,6 +124,16 @@ def _scheduler(prediction_type: str) -> Any:
 def build_tiny_model(
     out_dir: str | os.PathLike[str], family: str = "sd15", seed: int = 0, prediction_type: str = "epsilon"
 ) -> Path:
+    """`_build_tiny_model` under the process-wide model lock (building patches global torch state too)."""
+    from .models import MODEL_LOAD_LOCK
+
+    with MODEL_LOAD_LOCK:
+        return _build_tiny_model(out_dir, family, seed, prediction_type)
+
+
+def _build_tiny_model(
+    out_dir: str | os.PathLike[str], family: str = "sd15", seed: int = 0, prediction_type: str = "epsilon"
+) -> Path:
     """Build a tiny random-weight diffusers pipeline folder and return its path.
 
     ``family`` is ``"sd15"`` or ``"sdxl"``. The result loads with
