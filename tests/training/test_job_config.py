@@ -37,6 +37,80 @@ def test_each_bad_value_gets_a_message_naming_the_field(field, value, fragment):
     assert any(fragment in m for m in messages(**{field: value}))
 
 
+PORTAL_DEFAULTS = {
+    "rank": 16, "alpha": None, "dropout": 0.0, "learning_rate": 1e-4, "text_encoder_lr": None, "optimizer": "adamw",
+    "lr_scheduler": "constant", "lr_warmup_steps": 0, "batch_size": 1, "gradient_accumulation_steps": 1,
+    "epochs": 10, "max_steps": None, "resolution": 512, "bucketing": True, "repeats": 1, "trigger_word": "",
+    "caption_dropout": 0.0, "shuffle_tags": False, "keep_tokens": 0, "noise_offset": 0.0, "min_snr_gamma": None,
+    "mixed_precision": "no", "gradient_checkpointing": False, "train_text_encoder": False, "seed": 42,
+    "save_every_n_steps": 0, "sample_every_n_steps": 0, "sample_prompts": [],
+}
+
+
+def test_portal_keys_and_defaults_are_the_public_contract():
+    assert TrainingConfig().model_dump() == PORTAL_DEFAULTS
+    assert list(TrainingConfig.model_fields) == list(PORTAL_DEFAULTS)
+
+
+# Every message the portal gives for a value out of range, word for word: scripts and the form show them.
+@pytest.mark.parametrize("field,value,message", [
+    ("rank", 5, "rank must be one of 4, 8, 16, 32, 64, 128"),
+    ("alpha", 0, "alpha must be a positive number up to 1024 (or empty to use the rank)"),
+    ("alpha", 1025, "alpha must be a positive number up to 1024 (or empty to use the rank)"),
+    ("dropout", 1, "dropout must be at least 0 and below 1"),
+    ("dropout", -0.1, "dropout must be at least 0 and below 1"),
+    ("learning_rate", 0, "learning_rate must be above 0 and at most 1 (typical: 1e-4)"),
+    ("learning_rate", 1.5, "learning_rate must be above 0 and at most 1 (typical: 1e-4)"),
+    ("text_encoder_lr", 0, "text_encoder_lr must be above 0 and at most 1 (typical: 1e-4)"),
+    ("optimizer", "sgd", "optimizer must be one of adamw, adamw8bit, prodigy, lion"),
+    ("lr_scheduler", "step", "lr_scheduler must be one of constant, constant_with_warmup, linear, cosine, "
+                             "cosine_with_restarts, polynomial"),
+    ("lr_warmup_steps", -1, "lr_warmup_steps must be 0 (off) or a positive number of steps"),
+    ("lr_warmup_steps", 1_000_001, "lr_warmup_steps must be 0 (off) or a positive number of steps"),
+    ("batch_size", 65, "batch_size must be between 1 and 64"),
+    ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be between 1 and 128"),
+    ("epochs", 1001, "epochs must be between 1 and 1000"),
+    ("max_steps", 0, "max_steps must be between 1 and 1,000,000 (or empty to use epochs)"),
+    ("resolution", 500, "resolution must be a multiple of 8 between 64 and 2048"),
+    ("resolution", 56, "resolution must be a multiple of 8 between 64 and 2048"),
+    ("resolution", 2056, "resolution must be a multiple of 8 between 64 and 2048"),
+    ("repeats", 101, "repeats must be between 1 and 100"),
+    ("trigger_word", "x" * 101, "trigger_word must be at most 100 characters and contain no comma"),
+    ("caption_dropout", 1.5, "caption_dropout must be at least 0 and below 1"),
+    ("keep_tokens", 33, "keep_tokens must be between 0 and 32"),
+    ("noise_offset", 1.1, "noise_offset must be between 0 and 1 (typical: 0.05-0.1)"),
+    ("min_snr_gamma", 0, "min_snr_gamma must be above 0 and at most 100 (typical: 5), or empty for off"),
+    ("min_snr_gamma", 101, "min_snr_gamma must be above 0 and at most 100 (typical: 5), or empty for off"),
+    ("seed", 2**32, "seed must be between 0 and 4294967295"),
+    ("seed", -1, "seed must be between 0 and 4294967295"),
+    ("save_every_n_steps", -1, "save_every_n_steps must be 0 (off) or a positive number of steps"),
+    ("sample_every_n_steps", -1, "sample_every_n_steps must be 0 (off) or a positive number of steps"),
+    ("sample_prompts", [f"p{i}" for i in range(9)], "at most 8 sample_prompts"),
+    ("sample_prompts", ["x" * 1001], "each sample prompt must be at most 1000 characters"),
+])
+def test_each_portal_message_is_kept_word_for_word(field, value, message):
+    assert messages(**{field: value}) == [message]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("alpha", 1024), ("dropout", 0), ("learning_rate", 1), ("lr_warmup_steps", 1_000_000), ("batch_size", 64),
+    ("gradient_accumulation_steps", 128), ("epochs", 1000), ("max_steps", 1_000_000), ("resolution", 64),
+    ("resolution", 2048), ("repeats", 100), ("trigger_word", "x" * 100), ("keep_tokens", 32), ("noise_offset", 1),
+    ("min_snr_gamma", 100), ("seed", 2**32 - 1), ("caption_dropout", 0.99),
+])
+def test_portal_accepts_each_inclusive_bound(field, value):
+    assert getattr(TrainingConfig(**{field: value}), field) == value
+
+
+def test_trigger_word_is_stripped_before_its_length_is_checked():
+    assert TrainingConfig(trigger_word="  " + "x" * 100 + " ").trigger_word == "x" * 100
+
+
+def test_sample_prompts_are_stripped_and_blank_ones_dropped():
+    config = TrainingConfig(sample_prompts=[" a cat ", "", "   "] + ["p"] * 7)
+    assert config.sample_prompts == ["a cat"] + ["p"] * 7
+
+
 def test_unknown_keys_are_refused_by_name():
     assert messages(learning_rat=1e-4) == ["unknown setting 'learning_rat'"]
 
@@ -94,3 +168,18 @@ def test_estimate_scales_with_gpu_and_flags_memory():
 def test_sd15_anchor_matches_the_published_figure():
     config = TrainingConfig(resolution=512, batch_size=1, rank=16, mixed_precision="bf16")
     assert estimate(config, 10, "sd15", gpu="h100").seconds_per_step == pytest.approx(0.181 * 1.0125, rel=1e-3)
+
+
+def test_openapi_shows_each_estimate_field_with_its_type():
+    from lorasite.api import api
+
+    schema = api.get_openapi_schema()["components"]["schemas"]["EstimateOut"]
+    types = {name: prop.get("type") or [t["type"] for t in prop["anyOf"]] for name, prop in schema["properties"].items()}
+    assert types == {
+        "total_steps": "integer", "image_count": "integer", "samples_per_epoch": "integer", "family": "string",
+        "gpu": "string", "seconds_per_step": "number", "estimated_seconds": "number",
+        "backend_estimated_seconds": "number", "peak_vram_gb": "number", "fits_on_gpu": "boolean",
+        "estimated_cost_usd": ["number", "null"], "notes": "array",
+    }
+    assert schema["properties"]["notes"]["items"] == {"type": "string"}
+    assert set(schema["required"]) == set(types)
