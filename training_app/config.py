@@ -1,187 +1,82 @@
 """The training configuration the portal accepts: one pydantic schema, validated once at the edge.
 
-Key names are a public contract (scripts send them); messages name the field and say what is allowed.
-The trainer has its own frozen dataclass (`trainer.config.TrainConfig`) with the same keys; this
-schema is the stricter, user-facing layer, and each backend checks what it supports on top.
+The fields, defaults, ranges, messages and help text come from the trainer's table
+(`trainer.config.CONFIG_FIELDS`), so the portal and the trainer cannot disagree; this module adds only the
+portal's own rules (trimming, prompt limits, one cross-field check). Key names are a public contract
+(scripts send them); each backend checks what it supports on top.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import typing
+from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-RANKS = (4, 8, 16, 32, 64, 128)
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "lion")
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-PRECISIONS = ("no", "fp16", "bf16")
-MAX_SAMPLE_PROMPTS = 8
+from training_app.trainer.config import (
+    CONFIG_FIELDS,
+    MAX_SAMPLE_PROMPTS,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    RANKS,
+    SCHEDULERS,
+    FieldSpec,
+)
+
+__all__ = ["MAX_SAMPLE_PROMPTS", "OPTIMIZERS", "PRECISIONS", "RANKS", "SCHEDULERS", "TrainingConfig",
+           "schema_from_table", "validation_errors"]
+
+PRECISIONS = MIXED_PRECISION
+MAX_PROMPT_CHARS = 1000
 
 
-def _one_of(values) -> str:
-    return ", ".join(str(v) for v in values)
+class TableSchema(BaseModel):
+    """Base of every schema built from a table: frozen, and unknown keys are refused by name."""
 
-
-class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rank: int = 16
-    alpha: float | None = Field(default=None, description="LoRA alpha; empty means equal to rank (scale 1.0)")
-    dropout: float = 0.0
-    learning_rate: float = 1e-4
-    text_encoder_lr: float | None = None
-    optimizer: str = "adamw"
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    epochs: int = 10
-    max_steps: int | None = Field(default=None, description="When set, wins over epochs")
-    resolution: int = 512
-    bucketing: bool = True
-    repeats: int = 1
-    trigger_word: str = ""
-    caption_dropout: float = 0.0
-    shuffle_tags: bool = False
-    keep_tokens: int = 0
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    train_text_encoder: bool = False
-    seed: int = 42
-    save_every_n_steps: int = 0
-    sample_every_n_steps: int = 0
-    sample_prompts: list[str] = Field(default_factory=list)
 
-    @field_validator("rank")
-    @classmethod
-    def _rank(cls, v: int) -> int:
-        if v not in RANKS:
-            raise ValueError(f"rank must be one of {_one_of(RANKS)}")
-        return v
+def _portal_type(spec: FieldSpec) -> tuple[Any, Any]:
+    """The pydantic annotation and default: JSON sends lists, so a tuple field becomes a list."""
+    if typing.get_origin(spec.type) is tuple:
+        (item, _) = typing.get_args(spec.type)
+        return list[item], Field(default_factory=lambda: list(spec.default), description=spec.help)
+    return spec.type, Field(default=spec.default, description=spec.help)
 
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: float | None) -> float | None:
-        if v is not None and not (0 < v <= 1024 and math.isfinite(v)):
-            raise ValueError("alpha must be a positive number up to 1024 (or empty to use the rank)")
-        return v
 
-    @field_validator("dropout", "caption_dropout")
-    @classmethod
-    def _probability(cls, v: float, info) -> float:
-        if not 0 <= v < 1:
-            raise ValueError(f"{info.field_name} must be at least 0 and below 1")
-        return v
+def schema_from_table(specs: Sequence[FieldSpec], name: str, base: type[BaseModel] = TableSchema) -> type[BaseModel]:
+    """A pydantic model with one field per exposed spec and one validator that applies each spec's rule."""
+    exposed = {spec.name: spec for spec in specs if spec.exposed}
 
-    @field_validator("learning_rate", "text_encoder_lr")
-    @classmethod
-    def _lr(cls, v: float | None, info) -> float | None:
-        if v is not None and not (0 < v <= 1 and math.isfinite(v)):
-            raise ValueError(f"{info.field_name} must be above 0 and at most 1 (typical: 1e-4)")
-        return v
+    def check_table_rule(cls: type[BaseModel], value: Any, info: Any) -> Any:
+        problem = exposed[info.field_name].problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, v: str) -> str:
-        if v not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {_one_of(OPTIMIZERS)}")
-        return v
+    validators = {"check_table_rule": field_validator(*exposed)(check_table_rule)} if exposed else {}
+    fields: dict[str, Any] = {field_name: _portal_type(spec) for field_name, spec in exposed.items()}
+    return create_model(name, __base__=base, __validators__=validators, **fields)
 
-    @field_validator("lr_scheduler")
-    @classmethod
-    def _scheduler(cls, v: str) -> str:
-        if v not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of {_one_of(SCHEDULERS)}")
-        return v
 
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v: int) -> int:
-        if not 1 <= v <= 64:
-            raise ValueError("batch_size must be between 1 and 64")
-        return v
+class TrainingConfig(schema_from_table(CONFIG_FIELDS, "TrainingConfigFields")):
+    """A job's hyper-parameters as the portal takes them (the trainer's exposed keys, same defaults)."""
 
-    @field_validator("gradient_accumulation_steps")
+    @field_validator("trigger_word", mode="before")
     @classmethod
-    def _accumulation(cls, v: int) -> int:
-        if not 1 <= v <= 128:
-            raise ValueError("gradient_accumulation_steps must be between 1 and 128")
-        return v
-
-    @field_validator("epochs")
-    @classmethod
-    def _epochs(cls, v: int) -> int:
-        if not 1 <= v <= 1000:
-            raise ValueError("epochs must be between 1 and 1000")
-        return v
-
-    @field_validator("max_steps")
-    @classmethod
-    def _max_steps(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= 1_000_000:
-            raise ValueError("max_steps must be between 1 and 1,000,000 (or empty to use epochs)")
-        return v
-
-    @field_validator("resolution")
-    @classmethod
-    def _resolution(cls, v: int) -> int:
-        # 64 is the tiny demo model's size; real models train at 512-1024.
-        if not 64 <= v <= 2048 or v % 8:
-            raise ValueError("resolution must be a multiple of 8 between 64 and 2048")
-        return v
-
-    @field_validator("repeats")
-    @classmethod
-    def _repeats(cls, v: int) -> int:
-        if not 1 <= v <= 100:
-            raise ValueError("repeats must be between 1 and 100")
-        return v
-
-    @field_validator("trigger_word")
-    @classmethod
-    def _trigger(cls, v: str) -> str:
-        v = v.strip()
-        if len(v) > 100 or "," in v:
-            raise ValueError("trigger_word must be at most 100 characters and contain no comma")
-        return v
-
-    @field_validator("keep_tokens")
-    @classmethod
-    def _keep(cls, v: int) -> int:
-        if not 0 <= v <= 32:
-            raise ValueError("keep_tokens must be between 0 and 32")
-        return v
-
-    @field_validator("noise_offset")
-    @classmethod
-    def _noise_offset(cls, v: float) -> float:
-        if not 0 <= v <= 1:
-            raise ValueError("noise_offset must be between 0 and 1 (typical: 0.05-0.1)")
-        return v
-
-    @field_validator("min_snr_gamma")
-    @classmethod
-    def _snr(cls, v: float | None) -> float | None:
-        if v is not None and not 0 < v <= 100:
-            raise ValueError("min_snr_gamma must be above 0 and at most 100 (typical: 5), or empty for off")
-        return v
-
-    @field_validator("lr_warmup_steps", "save_every_n_steps", "sample_every_n_steps")
-    @classmethod
-    def _non_negative(cls, v: int, info) -> int:
-        if not 0 <= v <= 1_000_000:
-            raise ValueError(f"{info.field_name} must be 0 (off) or a positive number of steps")
-        return v
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v: int) -> int:
-        if not 0 <= v < 2**32:
-            raise ValueError("seed must be between 0 and 4294967295")
-        return v
+    def _strip_trigger(cls, v: Any) -> Any:
+        # Trimmed before the table's length and comma rule, so surrounding spaces never count.
+        return v.strip() if isinstance(v, str) else v
 
     @field_validator("sample_prompts")
     @classmethod
@@ -189,8 +84,8 @@ class TrainingConfig(BaseModel):
         prompts = [p.strip() for p in v if p.strip()]
         if len(prompts) > MAX_SAMPLE_PROMPTS:
             raise ValueError(f"at most {MAX_SAMPLE_PROMPTS} sample_prompts")
-        if any(len(p) > 1000 for p in prompts):
-            raise ValueError("each sample prompt must be at most 1000 characters")
+        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+            raise ValueError(f"each sample prompt must be at most {MAX_PROMPT_CHARS} characters")
         return prompts
 
     @model_validator(mode="after")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from pydantic import ValidationError
 
 from lorasite.errors import InvalidInput
-from training_app.config import TrainingConfig, validation_errors
+from training_app.config import TrainingConfig, schema_from_table, validation_errors
 from training_app.estimates import estimate, planned_total_steps
 from training_app.presets import PRESETS
 from training_app.services import build_config
+from training_app.trainer.config import CONFIG_FIELDS, FieldSpec, TrainConfig, TrainerConfigError
+
+EXPOSED = tuple(spec for spec in CONFIG_FIELDS if spec.exposed)
 
 
 def messages(**values) -> list[str]:
@@ -81,6 +86,7 @@ def test_portal_keys_and_defaults_are_the_public_contract():
     ("noise_offset", 1.1, "noise_offset must be between 0 and 1 (typical: 0.05-0.1)"),
     ("min_snr_gamma", 0, "min_snr_gamma must be above 0 and at most 100 (typical: 5), or empty for off"),
     ("min_snr_gamma", 101, "min_snr_gamma must be above 0 and at most 100 (typical: 5), or empty for off"),
+    ("mixed_precision", "fp8", "mixed_precision must be one of no, fp16, bf16"),
     ("seed", 2**32, "seed must be between 0 and 4294967295"),
     ("seed", -1, "seed must be between 0 and 4294967295"),
     ("save_every_n_steps", -1, "save_every_n_steps must be 0 (off) or a positive number of steps"),
@@ -183,3 +189,109 @@ def test_openapi_shows_each_estimate_field_with_its_type():
     }
     assert schema["properties"]["notes"]["items"] == {"type": "string"}
     assert set(schema["required"]) == set(types)
+
+
+# One source: the trainer's table (CONFIG_FIELDS) is what the portal schema, its checks and the form are made of.
+
+
+def test_the_table_describes_every_trainer_key_once_with_help():
+    assert [spec.name for spec in CONFIG_FIELDS] == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert all(spec.help for spec in CONFIG_FIELDS)
+    trainer = TrainConfig()
+    assert all(getattr(trainer, spec.name) == spec.default for spec in CONFIG_FIELDS)
+
+
+def test_every_exposed_trainer_key_is_a_portal_field_with_the_same_default():
+    portal = TrainingConfig().model_dump()
+    assert list(portal) == [spec.name for spec in EXPOSED]
+    for spec in EXPOSED:
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        assert portal[spec.name] == default, spec.name
+        assert TrainingConfig.model_fields[spec.name].description == spec.help
+
+
+def test_trainer_only_keys_are_unknown_to_the_portal():
+    hidden = [spec for spec in CONFIG_FIELDS if not spec.exposed]
+    assert {spec.name for spec in hidden} == {"prediction_type", "flip_aug", "target_modules", "sample_steps",
+                                              "sample_guidance_scale", "cache_latents", "cache_to_disk",
+                                              "max_grad_norm"}
+    for spec in hidden:
+        assert messages(**{spec.name: spec.default}) == [f"unknown setting {spec.name!r}"]
+
+
+def outside(spec: FieldSpec) -> list:
+    """A value just past each limit the table sets for a field."""
+    values: list = []
+    if spec.choices:
+        values.append("nope" if isinstance(spec.choices[0], str) else max(spec.choices) + 1)
+    if spec.ge is not None:
+        values.append(spec.ge - 1)
+    if spec.gt is not None:
+        values.append(spec.gt)
+    if spec.le is not None:
+        values.append(spec.le + 1)
+    if spec.lt is not None:
+        values.append(spec.lt)
+    if spec.multiple_of:
+        values.append((spec.ge or 0) + spec.multiple_of + 1)
+    if spec.max_length is not None:
+        values.append("x" * (spec.max_length + 1))
+    values.extend(f"a{char}b" for char in spec.forbidden)
+    return values
+
+
+def inclusive_bounds(spec: FieldSpec) -> list:
+    return [bound for bound in (spec.ge, spec.le) if bound is not None] + list(spec.choices)
+
+
+RULES = [(spec, value) for spec in CONFIG_FIELDS for value in outside(spec)]
+BOUNDS = [(spec, value) for spec in CONFIG_FIELDS for value in inclusive_bounds(spec)]
+
+
+def test_every_numeric_or_choice_key_has_a_rule_in_the_table():
+    ruled = {spec.name for spec, _ in RULES}
+    unruled = {spec.name for spec in CONFIG_FIELDS if spec.value_type in (int, str) and spec.name not in ruled}
+    # Floats without limits still must be finite numbers; bools and lists have no range.
+    assert unruled == set()
+
+
+@pytest.mark.parametrize("spec,value", RULES, ids=[f"{spec.name}={value!r}"[:60] for spec, value in RULES])
+def test_each_table_rule_is_enforced_by_trainer_and_portal_with_one_message(spec, value):
+    with pytest.raises(TrainerConfigError) as trainer_error:
+        TrainConfig.from_dict({spec.name: value})
+    assert str(trainer_error.value).startswith(f"{spec.error_message}, not ")
+    if spec.exposed:
+        assert messages(**{spec.name: value}) == [spec.error_message]
+
+
+@pytest.mark.parametrize("spec,value", BOUNDS, ids=[f"{spec.name}={value!r}"[:60] for spec, value in BOUNDS])
+def test_each_inclusive_bound_in_the_table_is_accepted_by_trainer_and_portal(spec, value):
+    assert getattr(TrainConfig.from_dict({spec.name: value}), spec.name) == value
+    if spec.exposed:
+        prompts = {"sample_prompts": ["a cat"]} if spec.name == "sample_every_n_steps" else {}
+        assert getattr(TrainingConfig(**{spec.name: value}, **prompts), spec.name) == value
+
+
+def test_a_key_added_to_a_table_becomes_a_portal_field_with_its_rule():
+    table = (
+        FieldSpec("colour", str, "red", help="Paint colour.", choices=("red", "blue")),
+        FieldSpec("size", int, 3, help="How big.", ge=1, le=5),
+        FieldSpec("scale", float | None, None, help="Empty: natural size.", gt=0, hint="(typical: 2)"),
+        FieldSpec("secret", int, 7, help="Trainer only.", exposed=False),
+    )
+    paint = schema_from_table(table, "Paint")
+    assert paint().model_dump() == {"colour": "red", "size": 3, "scale": None}
+    assert paint.model_fields["size"].description == "How big."
+
+    def refused(**values) -> list[str]:
+        with pytest.raises(ValidationError) as info:
+            paint(**values)
+        return [e["msg"] for e in validation_errors(info.value)]
+
+    assert refused(size=6) == ["size must be between 1 and 5"]
+    assert refused(colour="green") == ["colour must be one of red, blue"]
+    assert refused(scale=0) == ["scale must be above 0 (typical: 2)"]
+    assert refused(secret=1) == ["unknown setting 'secret'"]
+    with pytest.raises(ValidationError):
+        paint().size = 4  # frozen, like TrainingConfig
+

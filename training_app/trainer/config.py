@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FAMILIES = ("sd15", "sdxl")
+RANKS = (4, 8, 16, 32, 64, 128)
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "lion")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+MAX_SAMPLE_PROMPTS = 8
+MAX_STEPS = 1_000_000
 
 
 class TrainerConfigError(ValueError):
@@ -31,46 +35,182 @@ class TrainerConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one LoRA training run (key names are the portal API)."""
+class FieldSpec:
+    """One config key described once: type, default, allowed values, help text, whether the portal offers it.
 
-    rank: int = 16
-    alpha: float | None = None  # None: same as rank (scale 1.0)
-    dropout: float = 0.0
-    learning_rate: float = 1e-4
-    text_encoder_lr: float | None = None  # None: same as learning_rate
-    optimizer: str = "adamw"
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    epochs: int = 10
-    max_steps: int | None = None  # wins over epochs when set
-    resolution: int = 512
-    bucketing: bool = True
-    repeats: int = 1
-    trigger_word: str = ""
-    caption_dropout: float = 0.0
-    shuffle_tags: bool = False
-    keep_tokens: int = 0
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    train_text_encoder: bool = False
-    seed: int = 42
-    save_every_n_steps: int = 0  # 0: only the final save
-    sample_every_n_steps: int = 0  # 0: no periodic samples
-    sample_prompts: tuple[str, ...] = ()
+    The trainer's checks and the portal's schema and form are all built from these, so a range, a message
+    or a help text changes in one place. Bounds use pydantic's names: ``ge``/``le`` are inclusive,
+    ``gt``/``lt`` exclusive.
+    """
+
+    name: str
+    type: Any  # a real type such as int or float | None (None allowed: "off" or "same as ...")
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+    max_length: int | None = None
+    forbidden: str = ""  # characters a string must not contain
+    hint: str = ""  # appended to the generated message, e.g. "(typical: 1e-4)"
+    message: str = ""  # replaces the generated message where that would read badly
+    exposed: bool = True  # False: a trainer-only key the portal does not offer
+
+    @property
+    def nullable(self) -> bool:
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def value_type(self) -> Any:
+        """The type without None: float for ``float | None``."""
+        if not self.nullable:
+            return self.type
+        rest = [arg for arg in typing.get_args(self.type) if arg is not type(None)]
+        return rest[0] if len(rest) == 1 else self.type
+
+    @property
+    def error_message(self) -> str:
+        """What people read when a value breaks this field's rule."""
+        if self.message:
+            return self.message
+        if self.choices:
+            rule = f"one of {', '.join(str(choice) for choice in self.choices)}"
+        elif self.value_type in (int, float):
+            rule = _range_words(self)
+        elif self.max_length is not None:
+            rule = f"at most {self.max_length} characters"
+        else:
+            rule = "valid"
+        return f"{self.name} must be {rule}" + (f" {self.hint}" if self.hint else "")
+
+    def problem(self, value: Any) -> str | None:
+        """The error message when ``value`` breaks this field's rule; None when it is allowed."""
+        if (value is None and self.nullable) or self._allows(value):
+            return None
+        return self.error_message
+
+    def _allows(self, value: Any) -> bool:
+        kind = self.value_type
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return False
+        if kind is float and not _finite(value):
+            return False
+        if kind is str and not isinstance(value, str):
+            return False
+        if self.choices and value not in self.choices:
+            return False
+        if kind in (int, float):
+            return (
+                (self.ge is None or value >= self.ge)
+                and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le)
+                and (self.lt is None or value < self.lt)
+                and (self.multiple_of is None or value % self.multiple_of == 0)
+            )
+        if kind is str:
+            too_long = self.max_length is not None and len(value) > self.max_length
+            return not too_long and not any(char in value for char in self.forbidden)
+        return True
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _range_words(spec: FieldSpec) -> str:
+    """``between 1 and 64``, ``at least 0 and below 1``, ``above 0 and at most 1``, ``a multiple of 8 ...``."""
+    if spec.ge is not None and spec.le is not None:
+        words = f"between {_number(spec.ge)} and {_number(spec.le)}"
+    else:
+        low = (f"at least {_number(spec.ge)}" if spec.ge is not None
+               else f"above {_number(spec.gt)}" if spec.gt is not None else "")
+        high = (f"at most {_number(spec.le)}" if spec.le is not None
+                else f"below {_number(spec.lt)}" if spec.lt is not None else "")
+        words = " and ".join(part for part in (low, high) if part)
+    if spec.multiple_of is not None:
+        return f"a multiple of {spec.multiple_of}" + (f" {words}" if words else "")
+    return words or ("a whole number" if spec.value_type is int else "a number")
+
+
+def _key(default: Any, help: str, **rule: Any) -> Any:
+    """A TrainConfig field; its FieldSpec (all but the name and type) rides in the field's metadata."""
+    return field(default=default, metadata={"spec": {"help": help, **rule}})
+
+
+def _steps_or_off(name: str) -> str:
+    return f"{name} must be 0 (off) or a positive number of steps"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one LoRA training run (key names are the portal API).
+
+    Each field carries its rule and help text; :data:`CONFIG_FIELDS` lists them as :class:`FieldSpec`.
+    """
+
+    rank: int = _key(16, "LoRA capacity. 8-16 for a character or object, 32-64 for a style; bigger files, slower.",
+                     choices=RANKS)
+    alpha: float | None = _key(None, "Scales the update by alpha/rank. Empty: equal to rank.", gt=0, le=1024,
+                               message="alpha must be a positive number up to 1024 (or empty to use the rank)")
+    dropout: float = _key(0.0, "0 to 0.5; a little (0.05-0.1) can reduce overfitting.", ge=0, lt=1)
+    learning_rate: float = _key(1e-4, "1e-4 is a safe start; 1e-3 with Prodigy set to 1.", gt=0, le=1,
+                                hint="(typical: 1e-4)")
+    text_encoder_lr: float | None = _key(None, "Empty: same as the learning rate. Usually half of it or less.",
+                                         gt=0, le=1, hint="(typical: 1e-4)")
+    optimizer: str = _key("adamw", "AdamW is the default; AdamW 8-bit saves memory on CUDA; Prodigy tunes the "
+                          "rate itself; Lion is lean.", choices=OPTIMIZERS)
+    lr_scheduler: str = _key("constant", "How the rate changes over the run.", choices=SCHEDULERS)
+    lr_warmup_steps: int = _key(0, "Steps of linear ramp-up at the start.", ge=0, le=MAX_STEPS,
+                                message=_steps_or_off("lr_warmup_steps"))
+    batch_size: int = _key(1, "Images per step; raise it if memory allows.", ge=1, le=64)
+    gradient_accumulation_steps: int = _key(
+        1, "Steps whose gradients add up before one update: a bigger effective batch at the same memory.",
+        ge=1, le=128)
+    epochs: int = _key(10, "Passes over the dataset (with repeats).", ge=1, le=1000)
+    max_steps: int | None = _key(None, "When set, wins over epochs.", ge=1, le=MAX_STEPS,
+                                 message="max_steps must be between 1 and 1,000,000 (or empty to use epochs)")
+    # 64 is the tiny demo model's size; real models train at 512-1024.
+    resolution: int = _key(512, "Training size in pixels (512 for SD 1.5, 1024 for SDXL).", ge=64, le=2048,
+                           multiple_of=8)
+    bucketing: bool = _key(True, "Keep each image's shape instead of square crops.")
+    repeats: int = _key(1, "Multiplies each image's own repeats (kohya folder numbers).", ge=1, le=100)
+    # A comma would split the trigger into two tags when captions are shuffled.
+    trigger_word: str = _key("", "The word that calls up your concept; defaults to the dataset's.",
+                             max_length=100, forbidden=",",
+                             message="trigger_word must be at most 100 characters and contain no comma")
+    caption_dropout: float = _key(0.0, "Chance of training an image with an empty caption.", ge=0, lt=1)
+    shuffle_tags: bool = _key(False, "Shuffle comma-separated tags each step.")
+    keep_tokens: int = _key(0, "Tags at the start that never move (e.g. the trigger).", ge=0, le=32)
+    noise_offset: float = _key(0.0, "0.05-0.1 lets the model learn very dark and bright images.", ge=0, le=1,
+                               hint="(typical: 0.05-0.1)")
+    min_snr_gamma: float | None = _key(None, "5 speeds up convergence; empty turns it off.", gt=0, le=100,
+                                       hint="(typical: 5), or empty for off")
+    mixed_precision: str = _key("no", "bf16 on Ampere or newer GPUs; fp16 on older ones; no on CPU.",
+                                choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = _key(False, "Much less memory for about 30% more time (SDXL on 24 GB needs it).")
+    train_text_encoder: bool = _key(False, "Helps new concepts bind to the trigger word; uses more memory.")
+    seed: int = _key(42, "Same seed, same data, same device: the same LoRA.", ge=0, le=2**32 - 1)
+    save_every_n_steps: int = _key(
+        0, "Resumable checkpoints; a crashed or restarted worker resumes from the last one. 0: only at the end.",
+        ge=0, le=MAX_STEPS, message=_steps_or_off("save_every_n_steps"))
+    sample_every_n_steps: int = _key(0, "0: no samples during training.", ge=0, le=MAX_STEPS,
+                                     message=_steps_or_off("sample_every_n_steps"))
+    sample_prompts: tuple[str, ...] = _key((), f"One prompt per line (up to {MAX_SAMPLE_PROMPTS}).")
     # Trainer-only keys (not exposed by the portal form).
-    prediction_type: str | None = None  # None: from the scheduler config
-    flip_aug: bool = False
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    sample_steps: int = 20
-    sample_guidance_scale: float = 7.0
-    cache_latents: bool = True
-    cache_to_disk: bool = False
-    max_grad_norm: float | None = 1.0
+    prediction_type: str | None = _key(None, "epsilon or v_prediction; empty: from the scheduler config.",
+                                       choices=PREDICTION_TYPES, exposed=False,
+                                       message="prediction_type must be epsilon, v_prediction or null")
+    flip_aug: bool = _key(False, "Also train on horizontally mirrored images.", exposed=False)
+    target_modules: tuple[str, ...] = _key(DEFAULT_TARGET_MODULES, "Layers that get LoRA adapters.", exposed=False)
+    sample_steps: int = _key(20, "Denoising steps per sample image.", ge=1, exposed=False)
+    sample_guidance_scale: float = _key(7.0, "Classifier-free guidance scale of sample images.", exposed=False)
+    cache_latents: bool = _key(True, "Encode each image with the VAE once, before training.", exposed=False)
+    cache_to_disk: bool = _key(False, "Keep cached latents on disk instead of in memory.", exposed=False)
+    max_grad_norm: float | None = _key(1.0, "Gradient clipping norm; empty: no clipping.", gt=0, exposed=False,
+                                       message="max_grad_norm must be a positive number or null (no clipping)")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -159,81 +299,25 @@ def _finite(x: float) -> bool:
 
 
 def _validate(c: TrainConfig) -> None:
-    """Range checks; each message names the key and the allowed values."""
-    _check(isinstance(c.rank, int) and c.rank > 0, f"rank must be a positive whole number, not {c.rank!r}")
-    _check(
-        c.alpha is None or (_finite(c.alpha) and c.alpha > 0),
-        f"alpha must be a positive number, not {c.alpha!r}",
-    )
-    _check(
-        _finite(c.dropout) and 0.0 <= c.dropout < 1.0, f"dropout must be between 0 and 1, not {c.dropout!r}"
-    )
-    _check(
-        _finite(c.learning_rate) and 0 < c.learning_rate <= 1.0,
-        f"learning_rate must be a number in (0, 1], not {c.learning_rate!r}",
-    )
-    _check(
-        c.text_encoder_lr is None or (_finite(c.text_encoder_lr) and 0 < c.text_encoder_lr <= 1.0),
-        f"text_encoder_lr must be a number in (0, 1], not {c.text_encoder_lr!r}",
-    )
-    _check(
-        c.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c.optimizer!r}"
-    )
-    _check(
-        c.lr_scheduler in SCHEDULERS,
-        f"lr_scheduler must be one of {', '.join(SCHEDULERS)}, not {c.lr_scheduler!r}",
-    )
-    _check(c.lr_warmup_steps >= 0, f"lr_warmup_steps must be 0 or more, not {c.lr_warmup_steps!r}")
-    _check(c.batch_size >= 1, f"batch_size must be at least 1, not {c.batch_size!r}")
-    _check(
-        c.gradient_accumulation_steps >= 1,
-        f"gradient_accumulation_steps must be at least 1, not {c.gradient_accumulation_steps!r}",
-    )
-    _check(c.epochs >= 1, f"epochs must be at least 1, not {c.epochs!r}")
-    _check(
-        c.max_steps is None or c.max_steps >= 1, f"max_steps must be at least 1 when set, not {c.max_steps!r}"
-    )
-    _check(
-        c.resolution >= 16 and c.resolution % 8 == 0,
-        f"resolution must be a multiple of 8 and at least 16, not {c.resolution!r}",
-    )
-    _check(c.repeats >= 1, f"repeats must be at least 1, not {c.repeats!r}")
-    _check(
-        _finite(c.caption_dropout) and 0.0 <= c.caption_dropout <= 1.0,
-        f"caption_dropout must be a probability between 0 and 1, not {c.caption_dropout!r}",
-    )
-    _check(c.keep_tokens >= 0, f"keep_tokens must be 0 or more, not {c.keep_tokens!r}")
-    _check(
-        _finite(c.noise_offset) and 0.0 <= c.noise_offset <= 1.0,
-        f"noise_offset must be between 0 and 1, not {c.noise_offset!r}",
-    )
-    _check(
-        c.min_snr_gamma is None or (_finite(c.min_snr_gamma) and c.min_snr_gamma > 0),
-        f"min_snr_gamma must be a positive number or null (off), not {c.min_snr_gamma!r}",
-    )
-    _check(
-        c.mixed_precision in MIXED_PRECISION,
-        f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, not {c.mixed_precision!r}",
-    )
-    _check(
-        c.save_every_n_steps >= 0, f"save_every_n_steps must be 0 (off) or more, not {c.save_every_n_steps!r}"
-    )
-    _check(
-        c.sample_every_n_steps >= 0,
-        f"sample_every_n_steps must be 0 (off) or more, not {c.sample_every_n_steps!r}",
-    )
-    _check(
-        c.prediction_type is None or c.prediction_type in PREDICTION_TYPES,
-        f"prediction_type must be epsilon, v_prediction or null, not {c.prediction_type!r}",
-    )
+    """The table's rule for each key (the message names the key, the allowed values and the bad one)."""
+    for spec in CONFIG_FIELDS:
+        value = getattr(c, spec.name)
+        problem = spec.problem(value)
+        if problem:
+            raise TrainerConfigError(f"{problem}, not {value!r}")
     _check(len(c.target_modules) > 0, "target_modules must name at least one module")
-    _check(c.sample_steps >= 1, f"sample_steps must be at least 1, not {c.sample_steps!r}")
-    _check(_finite(c.sample_guidance_scale), "sample_guidance_scale must be a number")
-    _check(
-        c.max_grad_norm is None or (_finite(c.max_grad_norm) and c.max_grad_norm > 0),
-        f"max_grad_norm must be a positive number or null (no clipping), not {c.max_grad_norm!r}",
+
+
+def _field_specs(cls: type) -> tuple[FieldSpec, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        FieldSpec(name=f.name, type=hints[f.name], default=f.default, **f.metadata["spec"])
+        for f in dataclasses.fields(cls)
     )
-    _check(c.seed >= 0, f"seed must be 0 or more, not {c.seed!r}")
+
+
+CONFIG_FIELDS: tuple[FieldSpec, ...] = _field_specs(TrainConfig)
+"""Every :class:`TrainConfig` key with its rule and help text, in declaration order."""
 
 
 @dataclass(frozen=True)
