@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
+import typing
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import Field, create_model
+
+from training_app.estimates import Estimate
 
 
 class PresetOut(Schema):
@@ -45,19 +49,15 @@ class EstimateIn(Schema):
     gpu: str = "h100"
 
 
-class EstimateOut(Schema):
-    total_steps: int
-    image_count: int
-    samples_per_epoch: int
-    family: str
-    gpu: str
-    seconds_per_step: float
-    estimated_seconds: float
-    backend_estimated_seconds: float
-    peak_vram_gb: float
-    fits_on_gpu: bool
-    estimated_cost_usd: float | None
-    notes: list[str]
+def schema_from_dataclass(cls: type, name: str) -> type[Schema]:
+    """An Out schema with exactly the dataclass's fields and types, all required, in the same order."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {f.name: (hints[f.name], ...) for f in dataclasses.fields(cls)}
+    return create_model(name, __base__=Schema, __module__=__name__, **fields)
+
+
+# The estimate's fields are declared once, on the domain dataclass; the API shows the same ones.
+EstimateOut = schema_from_dataclass(Estimate, "EstimateOut")
 
 
 class JobIn(Schema):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import pytest
 from pydantic import ValidationError
@@ -294,4 +295,28 @@ def test_a_key_added_to_a_table_becomes_a_portal_field_with_its_rule():
     assert refused(secret=1) == ["unknown setting 'secret'"]
     with pytest.raises(ValidationError):
         paint().size = 4  # frozen, like TrainingConfig
+
+
+def test_estimate_out_has_exactly_the_estimate_fields_and_types():
+    from training_app.estimates import Estimate
+    from training_app.schemas import EstimateOut
+
+    hints = typing.get_type_hints(Estimate)
+    assert {name: f.annotation for name, f in EstimateOut.model_fields.items()} == {
+        f.name: hints[f.name] for f in dataclasses.fields(Estimate)}
+    assert all(f.is_required() for f in EstimateOut.model_fields.values())
+
+
+def test_an_out_schema_follows_its_dataclass():
+    from training_app.schemas import schema_from_dataclass
+
+    @dataclasses.dataclass(frozen=True)
+    class Reading:
+        value: float
+        unit: str
+        note: str | None
+
+    out = schema_from_dataclass(Reading, "ReadingOut")
+    assert list(out.model_fields) == ["value", "unit", "note"]
+    assert out(**dataclasses.asdict(Reading(1.5, "s", None))).model_dump() == {"value": 1.5, "unit": "s", "note": None}
 
