@@ -6,7 +6,6 @@ document.addEventListener("DOMContentLoaded", () => {
   const $ = (sel) => form.querySelector(sel);
   const fields = [...form.querySelectorAll("[data-key]")];
   const top = (name) => form.querySelector(`[data-top="${name}"]`);
-  const NULLABLE = new Set(["alpha", "text_encoder_lr", "max_steps", "min_snr_gamma"]);
   const headers = () => ({ "Content-Type": "application/json", "X-CSRFToken": lorasiteLive.csrfToken() });
 
   function readField(el) {
@@ -14,8 +13,8 @@ document.addEventListener("DOMContentLoaded", () => {
     switch (el.dataset.type) {
       case "bool": return el.checked;
       case "lines": return el.value.split("\n").map((l) => l.trim()).filter(Boolean);
-      case "int": return raw === "" ? (NULLABLE.has(el.dataset.key) ? null : raw) : Number.isInteger(Number(raw)) ? Number(raw) : raw;
-      case "float": return raw === "" ? (NULLABLE.has(el.dataset.key) ? null : raw) : isNaN(Number(raw)) ? raw : Number(raw);
+      case "int": return raw === "" ? ("nullable" in el.dataset ? null : raw) : Number.isInteger(Number(raw)) ? Number(raw) : raw;
+      case "float": return raw === "" ? ("nullable" in el.dataset ? null : raw) : isNaN(Number(raw)) ? raw : Number(raw);
       default: return raw;
     }
   }

@@ -320,3 +320,14 @@ def test_an_out_schema_follows_its_dataclass():
     assert list(out.model_fields) == ["value", "unit", "note"]
     assert out(**dataclasses.asdict(Reading(1.5, "s", None))).model_dump() == {"value": 1.5, "unit": "s", "note": None}
 
+
+def test_the_form_offers_every_portal_key_once_with_the_table_help_and_choices():
+    from training_app.form_fields import form_groups
+
+    fields = [f for _, group in form_groups() for f in group]
+    assert sorted(f["key"] for f in fields) == sorted(spec.name for spec in EXPOSED)
+    specs = {spec.name: spec for spec in EXPOSED}
+    defaults = TrainingConfig().model_dump()
+    for f in fields:
+        spec = specs[f["key"]]
+        assert (f["help"], tuple(f.get("choices", ())), f["default"]) == (spec.help, spec.choices, defaults[spec.name])
