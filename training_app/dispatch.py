@@ -19,16 +19,15 @@ from training_app.models import JobStatus, TrainingJob
 
 logger = logging.getLogger(__name__)
 
-BUSY = (JobStatus.RUNNING, JobStatus.CANCELLING)
+BUSY = lifecycle.BUSY
 
 
 def _send(job: TrainingJob) -> None:
     """Mark the job sent for this attempt and enqueue its message once the transaction commits."""
     message = actor_for(job.backend).message(str(job.uuid))
-    delay_ms = 0
-    if job.not_before and job.not_before > timezone.now():
-        delay_ms = int((job.not_before - timezone.now()).total_seconds() * 1000)
-    TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), dispatch_message_id=message.message_id)
+    now = timezone.now()
+    delay_ms = int((job.not_before - now).total_seconds() * 1000) if job.not_before and job.not_before > now else 0
+    TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=now, dispatch_message_id=message.message_id)
     broker = get_broker()
     transaction.on_commit(lambda: broker.enqueue(message, delay=delay_ms or None))
 
@@ -68,14 +67,12 @@ def reconcile_queued_jobs() -> int:
         if held is True or (held is None and job.dispatched_at >= blind):
             continue
         # Conditional: another worker's reconciler, or a claim, may have moved first.
-        TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED,
-                                           dispatch_message_id=job.dispatch_message_id).update(
-            dispatched_at=None, dispatch_message_id="")
+        TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED, dispatch_message_id=job.dispatch_message_id
+                                   ).update(dispatched_at=None, dispatch_message_id="")
         logger.warning("reconciler: the message of job %s is lost; sending it again", job.pk)
     teams = set(TrainingJob.objects.filter(status=JobStatus.QUEUED, dispatched_at__isnull=True)
                 .values_list("team_id", flat=True))
-    resent = sum(dispatch_team(team_id) for team_id in teams)
-    return resent
+    return sum(dispatch_team(team_id) for team_id in teams)
 
 
 def reap_lost_jobs(stale_after: float | None = None, max_attempts: int | None = None) -> dict[str, int]:
@@ -97,8 +94,10 @@ def reap_lost_jobs(stale_after: float | None = None, max_attempts: int | None = 
 
 
 def on_job_changed(job: TrainingJob, previous: str) -> None:
-    """Listener: a job entered the queue or a slot freed: send what now fits."""
-    if job.status == JobStatus.QUEUED or previous in BUSY:
+    """Listener: a job entered the queue, or left a state that holds one of the team's slots (a
+    running job, or a queued one whose message is out) for one that holds none: send what now fits.
+    A claim (queued -> running) keeps its slot, so it sends nothing."""
+    if job.status == JobStatus.QUEUED or (previous in (JobStatus.QUEUED, *BUSY) and job.status not in BUSY):
         dispatch_team(job.team_id)
 
 

@@ -23,6 +23,7 @@ from lorasite.errors import Conflict
 from training_app.models import JobStatus, TrainingJob
 
 S = JobStatus
+BUSY = (S.RUNNING, S.CANCELLING)  # the states that hold one of the team's slots while a worker runs the job
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
@@ -104,7 +105,7 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
         job = TrainingJob.objects.select_for_update().select_related("team").get(pk=job_id)
         if job.status != S.QUEUED:
             return None
-        running = TrainingJob.objects.filter(team=team, status__in=[S.RUNNING, S.CANCELLING]).count()
+        running = TrainingJob.objects.filter(team=team, status__in=BUSY).count()
         if running >= team.max_concurrent_jobs:
             # Its message is spent: the next free slot sends it again.
             TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=None, dispatch_message_id="")

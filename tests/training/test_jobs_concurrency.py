@@ -139,3 +139,18 @@ def test_idempotency_key_is_validated(member, dataset_a, tiny_base_model, api_fo
     response = api_for(member).post("/api/jobs", body, HTTP_IDEMPOTENCY_KEY="x" * 201)
     assert response.status_code == 422
     assert "Idempotency-Key" in response.json()["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_the_sent_head_of_the_queue_sends_the_next_job_at_once(member, dataset_a, tiny_base_model,
+                                                                          api_for):
+    team = dataset_a.team
+    team.max_concurrent_jobs = 1
+    team.save()
+    api = api_for(member)
+    body = {"dataset_id": str(dataset_a.uuid), "base_model": "tiny-sd15", "preset": "fast", "config": SMALL}
+    head, second = api.post("/api/jobs", body).json(), api.post("/api/jobs", body).json()
+    assert TrainingJob.objects.get(uuid=second["id"]).dispatched_at is None
+    # The head's message holds the team's one slot until a worker takes it; cancelling frees the slot.
+    assert api.post(f"/api/jobs/{head['id']}/cancel").status_code == 200
+    assert TrainingJob.objects.get(uuid=second["id"]).dispatched_at is not None
