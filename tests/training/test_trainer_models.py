@@ -73,56 +73,44 @@ def test_single_file_roundtrip_and_training(tmp_path: Path, tiny_sd15: Path, mak
         load_model(ModelSpec(ckpt, "sdxl", config_dir=tiny_sd15))
 
 
-def test_two_trainings_starting_at_the_same_instant_in_one_process_both_succeed(make_spec, tmp_path):
+def run_at_the_same_instant(work, count: int = 2, timeout: float = 300) -> list[object]:
+    """Run `work(index)` in `count` threads released together by a barrier; return the results in
+    index order, or raise the first error a thread hit."""
     import threading
 
+    barrier = threading.Barrier(count)
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = work(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors
+    assert sorted(results) == list(range(count))
+    return [results[i] for i in range(count)]
+
+
+def test_two_trainings_starting_at_the_same_instant_in_one_process_both_succeed(make_spec, tmp_path):
     from training_app.trainer import train
     from training_app.trainer.reporter import NullReporter
 
     for attempt in range(3):
-        barrier = threading.Barrier(2)
-        errors: list[BaseException] = []
-        results: list[object] = []
-
-        def run(index, attempt=attempt, barrier=barrier, errors=errors, results=results):
-            spec = make_spec(out=tmp_path / f"run-{attempt}-{index}", max_steps=2)
-            try:
-                barrier.wait()
-                results.append(train(spec, NullReporter()))
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert not errors, errors
-        assert len(results) == 2
+        specs = [make_spec(out=tmp_path / f"run-{attempt}-{i}", max_steps=2) for i in range(2)]
+        run_at_the_same_instant(lambda i, specs=specs: train(specs[i], NullReporter()))
 
 
 def test_two_threads_loading_the_model_at_the_same_instant_both_succeed(tiny_sd15):
-    import threading
-
     from training_app.trainer.config import ModelSpec
     from training_app.trainer.models import load_model
 
     for _ in range(3):
-        barrier = threading.Barrier(2)
-        errors: list[BaseException] = []
-        loaded: list[object] = []
-
-        def load(barrier=barrier, loaded=loaded, errors=errors):
-            try:
-                barrier.wait()
-                loaded.append(load_model(ModelSpec(tiny_sd15, "sd15")))
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=load) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not errors, errors
-        assert len(loaded) == 2
+        run_at_the_same_instant(lambda i: load_model(ModelSpec(tiny_sd15, "sd15")), timeout=120)
