@@ -57,7 +57,7 @@ def run_publisher(job_pk: int, steps: int, rate: float, out: Path) -> None:
 
     django.setup()
     from training_app import lifecycle
-    from training_app.progress import JobReporter
+    from training_app.reporting import JobReporter
 
     job = lifecycle.claim(job_pk, "bench")
     if job is None:

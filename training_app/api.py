@@ -12,11 +12,11 @@ from ninja import Query, Router, Status
 from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
 from training_app import services
+from training_app.artifacts import artifact_url
 from training_app.backends.registry import all_backends
 from training_app.dispatch import waiting_reason
 from training_app.models import Artifact, ArtifactKind, JobStatus, TrainingJob
 from training_app.presets import PRESETS
-from training_app.progress import artifact_url
 from training_app.schemas import (
     ActionIn,
     ArtifactOut,

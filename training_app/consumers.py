@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from channels.db import database_sync_to_async
 
+from lorasite.accounts import access
+from lorasite.errors import NotFound
 from lorasite.realtime import RelayConsumer, job_group
+from training_app.artifacts import artifact_url
+from training_app.charts import downsampled_loss_points
+from training_app.models import ArtifactKind, TrainingJob
+from training_app.reporting import progress_payload
 
 SNAPSHOT_POINTS = 1000
 
@@ -23,10 +29,6 @@ class JobConsumer(RelayConsumer):
 
     @database_sync_to_async
     def _job_if_visible(self, job_id):
-        from lorasite.accounts import access
-        from lorasite.errors import NotFound
-        from training_app.models import TrainingJob
-
         try:
             return access.get_visible(TrainingJob.objects.select_related("team"), self.scope.get("user"), uuid=job_id)
         except NotFound:
@@ -34,10 +36,6 @@ class JobConsumer(RelayConsumer):
 
     @database_sync_to_async
     def _snapshot(self, job_pk):
-        from training_app.charts import downsampled_loss_points
-        from training_app.models import ArtifactKind, TrainingJob
-        from training_app.progress import artifact_url, progress_payload
-
         job = TrainingJob.objects.select_related("team").get(pk=job_pk)
         points = downsampled_loss_points(job, max_points=SNAPSHOT_POINTS)
         samples = job.artifacts.filter(kind=ArtifactKind.SAMPLE).select_related("job")

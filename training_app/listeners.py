@@ -9,7 +9,7 @@ from lorasite.accounts.models import Team
 from lorasite.core import maintenance
 from training_app import dispatch, notifications
 from training_app.models import ACTIVE_STATUSES, TrainingJob
-from training_app.progress import progress_payload, publish_status
+from training_app.reporting import progress_payload, publish_status
 
 
 def publish_job_status(job: TrainingJob, previous: str) -> None:

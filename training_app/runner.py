@@ -19,7 +19,7 @@ from training_app import lifecycle
 from training_app.backends.base import BackendError
 from training_app.backends.registry import get_backend
 from training_app.models import TrainingJob
-from training_app.progress import JobReporter
+from training_app.reporting import JobReporter
 
 logger = logging.getLogger(__name__)
 

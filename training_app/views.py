@@ -19,6 +19,7 @@ from lorasite.accounts.services import remove_membership, set_membership
 from lorasite.core.workers import live_workers
 from lorasite.errors import DomainError, NotFound
 from training_app import services
+from training_app.artifacts import artifact_url
 from training_app.backends.registry import all_backends
 from training_app.charts import downsampled_loss_points
 from training_app.dispatch import waiting_reason
@@ -26,7 +27,6 @@ from training_app.form_fields import form_groups
 from training_app.models import ArtifactKind, JobStatus, TrainingJob
 from training_app.notifications import create_webhook, delete_webhook, team_webhooks
 from training_app.presets import PRESETS
-from training_app.progress import artifact_url
 
 RECENT_FINISHED = 25
 CHART_POINTS = 2000

@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from lorasite.asgi import application
 from training_app import lifecycle
 from training_app.models import LossPoint, TrainingJob
-from training_app.progress import JobReporter
+from training_app.reporting import JobReporter
 from training_app.services import submit_job
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from lorasite.broker import broker_kind
 from lorasite.core.workers import live_workers
+from training_app.artifacts import job_output_dir
 from training_app.backends.base import BackendError, RunOutcome
 from training_app.config import TrainingConfig
 from training_app.estimates import effective_repeats
@@ -54,7 +55,7 @@ class LocalBackend:
         from training_app.trainer.models import ModelLoadError
 
         config = TrainingConfig(**job.config)
-        output_dir = Path(settings.MEDIA_ROOT) / job.output_dir_name()
+        output_dir = job_output_dir(job)
         output_dir.mkdir(parents=True, exist_ok=True)
         items = []
         for image in job.snapshot["images"]:

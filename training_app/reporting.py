@@ -1,4 +1,4 @@
-"""Progress reporting: turns the trainer's step callbacks into database rows and websocket messages.
+"""The job reporter: turns a backend's step, log, sample and file callbacks into rows and websocket messages.
 
 The database stays the source of truth, written at a bounded rate (every `db_interval` seconds);
 websocket progress is published at most `publish_interval` apart (10 a second by default) and the
@@ -7,20 +7,24 @@ final figures are always sent, so a client never ends on a stale step.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from lorasite.realtime import job_group, publish, team_group
-from training_app.models import Artifact, ArtifactKind, JobLog, JobStatus, LossPoint, TrainingJob
+from training_app.artifacts import (
+    LORA_ARTIFACT_KINDS,
+    artifact_url,
+    media_relative,
+    record_artifact,
+    store_sample,
+)
+from training_app.models import ArtifactKind, JobLog, JobStatus, LossPoint, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -47,39 +51,6 @@ def publish_to_job_and_team(job: TrainingJob, payload: dict[str, Any]) -> None:
 
 def publish_status(job: TrainingJob) -> None:
     publish_to_job_and_team(job, status_payload(job))
-
-
-def artifact_url(artifact: Artifact) -> str:
-    return f"/api/jobs/{artifact.job.uuid}/artifacts/{artifact.uuid}/download"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def media_relative(path: Path) -> str:
-    return str(Path(path).resolve().relative_to(Path(settings.MEDIA_ROOT).resolve()))
-
-
-def record_artifact(job: TrainingJob, kind: str, path: Path, step: int | None = None, prompt: str = "",
-                    replace: bool = False) -> Artifact:
-    """Register a file under MEDIA_ROOT as a job artifact (size + sha256); `replace` keeps one of the kind."""
-    path = Path(path)
-    fields = {"path": media_relative(path), "size_bytes": path.stat().st_size, "step": step, "prompt": prompt,
-              "sha256": file_sha256(path) if path.is_file() else ""}
-    if replace:
-        artifact, _ = Artifact.objects.update_or_create(job=job, kind=kind, defaults=fields)
-    else:
-        artifact = Artifact.objects.create(job=job, kind=kind, **fields)
-    return artifact
-
-
-# The trainer's names for the layouts it writes (it imports no Django) -> the portal's artifact kinds.
-LORA_ARTIFACT_KINDS = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS}
 
 
 class JobReporter:
@@ -137,14 +108,7 @@ class JobReporter:
         publish(job_group(self.job.uuid), {"type": "log", "job": str(self.job.uuid), "line": line})
 
     def sample(self, step: int, prompt: str, path: Path) -> None:
-        target_dir = Path(settings.MEDIA_ROOT) / self.job.output_dir_name() / "samples"
-        path = Path(path)
-        if target_dir.resolve() not in path.resolve().parents:
-            target_dir.mkdir(parents=True, exist_ok=True)
-            target = target_dir / path.name
-            shutil.copyfile(path, target)
-            path = target
-        artifact = record_artifact(self.job, ArtifactKind.SAMPLE, path, step=step, prompt=prompt)
+        artifact = store_sample(self.job, step, prompt, path)
         publish_to_job_and_team(self.job, {"type": "sample", "job": str(self.job.uuid), "step": step,
                                            "url": artifact_url(artifact), "prompt": artifact.prompt})
 
