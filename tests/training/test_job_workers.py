@@ -1,7 +1,8 @@
 """The whole loop in production mode: daphne + a real `dramatiq` worker process on Redis.
 
 Submit through the HTTP API, watch the job websocket, download the LoRA; cancel mid-run; kill -9 a
-worker mid-run and see the reaper re-queue the job and a new worker resume it from its checkpoint.
+worker mid-run and see the reaper re-queue the job and a new worker resume it from its checkpoint,
+ending with the same LoRA as an uninterrupted run of the same seed.
 """
 
 from __future__ import annotations
@@ -158,9 +159,11 @@ def test_cancel_mid_run_ends_cancelled_with_a_checkpoint(stack, token, dataset_a
     assert saved.artifacts.filter(kind=ArtifactKind.LORA_KOHYA).exists()
 
 
-def test_killed_worker_job_is_reaped_and_resumed_from_its_checkpoint(stack, token, dataset_a, tiny_base_model):
+def test_killed_worker_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
+        stack, token, dataset_a, tiny_base_model, tmp_path):
     first = stack.start_worker()
-    job = submit(stack, token, dataset_a, max_steps=400, save_every_n_steps=10)
+    config = {"max_steps": 150, "save_every_n_steps": 10, "seed": 7}
+    job = submit(stack, token, dataset_a, **config)
     row = TrainingJob.objects.filter(uuid=job["id"])
     wait_for(lambda: row.filter(checkpoint_path__gt="", step__gte=12).exists())
     running = row.get()
@@ -174,10 +177,34 @@ def test_killed_worker_job_is_reaped_and_resumed_from_its_checkpoint(stack, toke
     wait_for(lambda: row.filter(status__in=[JobStatus.COMPLETED, JobStatus.FAILED]).exists(), timeout=180)
     done = row.get()
     assert done.status == JobStatus.COMPLETED, done.error
-    assert done.attempts == 2 and done.step == 400
+    assert done.attempts == 2 and done.step == 150
     lines = list(done.logs.values_list("line", flat=True))
     resumed = [line for line in lines if line.startswith("resuming from checkpoint")]
     assert resumed, lines[-20:]
     # It resumed from a checkpoint at or before the kill, not from scratch.
     resumed_step = int(Path(resumed[0].split()[-1]).name.split("-")[-1])
     assert 10 <= resumed_step <= killed_at_step
+    # The dead attempt's points past the checkpoint are gone: one loss point per step.
+    assert list(done.loss_points.order_by("step").values_list("step", flat=True)) == list(range(1, 151))
+
+    # The same job, never interrupted, gives the same LoRA tensor for tensor.
+    reference = submit(stack, token, dataset_a, **config)
+    reference_row = TrainingJob.objects.filter(uuid=reference["id"])
+    wait_for(lambda: reference_row.filter(status__in=[JobStatus.COMPLETED, JobStatus.FAILED]).exists(), timeout=180)
+    assert reference_row.get().status == JobStatus.COMPLETED, reference_row.get().error
+    assert reference_row.get().attempts == 1
+    resumed_tensors = _download_lora(stack, token, job["id"], tmp_path / "resumed.safetensors")
+    reference_tensors = _download_lora(stack, token, reference["id"], tmp_path / "reference.safetensors")
+    assert resumed_tensors.keys() == reference_tensors.keys() and resumed_tensors
+    different = [key for key in reference_tensors if not (resumed_tensors[key] == reference_tensors[key]).all()]
+    assert not different, f"{len(different)} of {len(reference_tensors)} tensors differ, e.g. {different[:3]}"
+
+
+def _download_lora(stack, token, job_id, path):
+    from safetensors.torch import load_file
+
+    response = httpx.get(f"{stack.base}/api/jobs/{job_id}/weights?layout=kohya",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    path.write_bytes(response.content)
+    return load_file(path)
