@@ -140,6 +140,8 @@ LORASITE_MODELS_DIR = Path(env_str("LORASITE_MODELS_DIR", str(VAR_DIR / "models"
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 10, minimum=1)
 JOB_STALE_AFTER_SECONDS = env_int("JOB_STALE_AFTER_SECONDS", 120, minimum=2)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+# A retryable backend error (a remote server down, a rate limit) waits this long, doubling per attempt.
+JOB_RETRY_BACKOFF_SECONDS = env_int("JOB_RETRY_BACKOFF_SECONDS", 10, minimum=1)
 # How often workers look for lost job messages, and how old a sent message must be before the
 # broker is asked whether it still holds it (Redis and the embedded broker can say; RabbitMQ cannot,
 # so there a queued job is re-sent only after JOB_REDISPATCH_AFTER_SECONDS).

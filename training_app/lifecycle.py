@@ -213,9 +213,11 @@ def requeue_lost(job_id: int, stale_before, max_attempts: int) -> str | None:
     return job.status
 
 
-def requeue_after_error(job_id: int, error: str, max_attempts: int) -> TrainingJob | None:
+def requeue_after_error(job_id: int, error: str, max_attempts: int, backoff_seconds: int = 10,
+                        retry_after: float | None = None) -> TrainingJob | None:
     """A retryable backend error: back to the queue while attempts remain (the caller sends it again
-    after a back-off), otherwise failed with the error. None if the job is no longer this run's."""
+    after a back-off, or after `retry_after` seconds where the remote side said so), otherwise failed
+    with the error. None if the job is no longer this run's."""
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().get(pk=job_id)
         if job.status != S.RUNNING:
@@ -229,8 +231,9 @@ def requeue_after_error(job_id: int, error: str, max_attempts: int) -> TrainingJ
             job.status = S.QUEUED
             _new_attempt(job)
             job.error = f"attempt {job.attempts} failed, retrying: {error}"[:5000]
-            # Exponential back-off: 10 s, 20 s, 40 s ... capped at 10 minutes.
-            job.not_before = timezone.now() + timedelta(seconds=min(600, 10 * 2 ** (job.attempts - 1)))
+            # Exponential back-off (10 s, 20 s, 40 s ... by default) capped at 10 minutes.
+            wait = min(600, backoff_seconds * 2 ** (job.attempts - 1))
+            job.not_before = timezone.now() + timedelta(seconds=max(wait, retry_after or 0))
         job.save()
         _announce(job, previous)
     return job

@@ -75,7 +75,8 @@ def execute_job(job_uuid: str, worker_id: str | None = None) -> str | None:
         _flush_quietly(reporter)
         if exc.retryable:
             # The listener sends it again once its back-off has passed; failed after the attempt limit.
-            final = lifecycle.requeue_after_error(job.pk, exc.message, settings.JOB_MAX_ATTEMPTS)
+            final = lifecycle.requeue_after_error(job.pk, exc.message, settings.JOB_MAX_ATTEMPTS,
+                                                  settings.JOB_RETRY_BACKOFF_SECONDS, exc.retry_after)
         else:
             final = lifecycle.fail(job.pk, exc.message)
         return final.status if final else None

@@ -124,3 +124,47 @@ def test_reconciler_resends_a_queued_job_whose_message_was_lost(job, settings, d
     assert [m for m in list(messages) if str(job.uuid).encode() in m]
     job.refresh_from_db()
     assert timezone.now() - job.dispatched_at < timedelta(seconds=5)
+
+
+def test_retryable_error_requeues_with_doubling_back_off_then_fails_at_the_attempt_limit(job):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    lifecycle.claim(job.pk, "w1")
+    before = timezone.now()
+    requeued = lifecycle.requeue_after_error(job.pk, "ComfyUI answered 502", max_attempts=3, backoff_seconds=10)
+    assert requeued.status == JobStatus.QUEUED and requeued.worker_id == "" and requeued.dispatched_at is None
+    assert "attempt 1 failed, retrying: ComfyUI answered 502" in requeued.error
+    assert timedelta(seconds=9) < requeued.not_before - before < timedelta(seconds=11)
+
+    lifecycle.claim(job.pk, "w2")
+    before = timezone.now()
+    # The remote side asked for a longer wait (a rate limit's reset): that wins over the back-off.
+    requeued = lifecycle.requeue_after_error(job.pk, "rate limited", 3, backoff_seconds=10, retry_after=90)
+    assert timedelta(seconds=89) < requeued.not_before - before < timedelta(seconds=91)
+
+    lifecycle.claim(job.pk, "w3")
+    before = timezone.now()
+    failed = lifecycle.requeue_after_error(job.pk, "ComfyUI answered 502", 3)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error == "ComfyUI answered 502 (gave up after 3 attempts)"
+    assert lifecycle.requeue_after_error(job.pk, "late", 3) is None
+
+
+def test_a_job_waiting_out_its_back_off_is_sent_with_a_delay_and_says_so(job, django_capture_on_commit_callbacks):
+    from lorasite.broker import get_broker
+    from training_app.dispatch import dispatch_team, waiting_reason
+
+    broker = get_broker()
+    broker.flush_all()
+    lifecycle.claim(job.pk, "w1")
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.requeue_after_error(job.pk, "server down", max_attempts=3, backoff_seconds=30)
+        dispatch_team(job.team_id)
+    job.refresh_from_db()
+    assert job.dispatched_at is not None
+    assert waiting_reason(job).startswith("retrying after an error at ")
+    # The broker holds it on its delay queue until the back-off has passed, not on the ready queue.
+    assert not [m for m in broker.queues["gpu"].queue if str(job.uuid).encode() in m]
+    assert [m for m in broker.queues["gpu.DQ"].queue if str(job.uuid).encode() in m]

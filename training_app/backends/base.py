@@ -18,12 +18,14 @@ if TYPE_CHECKING:
 
 
 class BackendError(Exception):
-    """A failure whose message the user sees; `retryable` says whether running again may help."""
+    """A failure whose message the user sees; `retryable` says whether running again may help, and
+    `retry_after` (seconds) when the remote side said how long to wait (a 429's reset)."""
 
-    def __init__(self, message: str, retryable: bool = False):
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
