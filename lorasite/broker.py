@@ -157,6 +157,19 @@ def get_broker() -> dramatiq.Broker:
     return _configured or setup_broker()
 
 
+def is_embedded() -> bool:
+    """The in-process broker: messages reach only worker threads of this same process."""
+    return isinstance(get_broker(), StubBroker)
+
+
+def start_embedded_worker(queues: tuple[str, ...] = QUEUES, threads: int = 1) -> dramatiq.Worker:
+    """Worker threads inside this process, consuming the embedded broker (the demo server, or a
+    command that has nobody else to run its job)."""
+    worker = dramatiq.Worker(get_broker(), queues=set(queues), worker_threads=threads)
+    worker.start()
+    return worker
+
+
 def send_on_commit(actor: dramatiq.Actor, *args: Any, **kwargs: Any) -> None:
     """Enqueue after the surrounding transaction commits, so the worker sees the rows it is sent for."""
     from django.db import transaction

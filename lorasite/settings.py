@@ -80,8 +80,16 @@ TEMPLATES = [
     },
 ]
 
+# Under ASGI every request runs in a thread of its own, so persistent connections (conn_max_age > 0)
+# pile up, one per thread, until Postgres refuses clients. Postgres gets psycopg's pool instead:
+# at most DATABASE_POOL_SIZE connections per process (0: open and close one per request).
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8, minimum=0)
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE:
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 30, "max_idle": 60,
+        }
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -177,7 +185,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    # dramatiq's INFO lines (worker boot and shutdown) are noise in `serve` and `train`.
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
+                "dramatiq": {"level": env_str("DRAMATIQ_LOG_LEVEL", "WARNING")}},
 }
 
 # Datasets: upload limits (see docs/datasets.md). The pixel limit guards against decompression bombs:

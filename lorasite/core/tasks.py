@@ -8,7 +8,7 @@ import socket
 import dramatiq
 from django.utils import timezone
 
-from lorasite.broker import QUEUES, get_broker
+from lorasite.broker import QUEUES, get_broker, is_embedded
 
 
 @dramatiq.actor(queue_name="default", max_retries=0, time_limit=30_000)
@@ -28,6 +28,11 @@ def send_probe(queue: str) -> str:
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
     probe = WorkerProbe.objects.create(queue=queue)
+    if is_embedded():
+        # The in-process broker reaches no other process: embedded workers answer the probe row
+        # itself from their presence loop (workers.answer_waiting_probes).
+        return str(probe.id)
     message = answer_probe.message(str(probe.id)).copy(queue_name=queue)
     get_broker().enqueue(message)
     return str(probe.id)
+

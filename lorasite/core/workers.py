@@ -13,6 +13,7 @@ import dramatiq
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from lorasite.core import maintenance
@@ -50,6 +51,15 @@ def check_out() -> None:
     WorkerNode.objects.filter(name=worker_name()).delete()
 
 
+def answer_waiting_probes(queues: list[str]) -> int:
+    """An embedded worker stamps the unanswered probes of the queues it serves (its broker carries
+    no message from another process, so the probe row is the message)."""
+    from lorasite.core.models import WorkerProbe
+
+    return WorkerProbe.objects.filter(queue__in=queues, answered_at__isnull=True).update(
+        answered_at=timezone.now(), answered_by=f"{worker_name()} (embedded worker)")
+
+
 def run_maintenance() -> dict[str, object]:
     """Every maintenance hook the apps registered (the job reaper and reconciler, ...)."""
     return maintenance.run_all()
@@ -61,11 +71,13 @@ class WorkerPresence(Middleware):
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._embedded = False
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         chosen = getattr(worker, "consumer_whitelist", None) or broker.get_declared_queues()
         queues = sorted(q for q in chosen if not q.endswith(".DQ"))
         self._stop.clear()
+        self._embedded = isinstance(broker, StubBroker)
         self._thread = threading.Thread(target=self._loop, args=(queues,), name="lorasite-presence", daemon=True)
         self._thread.start()
 
@@ -83,6 +95,8 @@ class WorkerPresence(Middleware):
             try:
                 close_old_connections()
                 check_in(queues)
+                if self._embedded:
+                    answer_waiting_probes(queues)
                 run_maintenance()
             except Exception:
                 # Never let maintenance kill the worker; the next round tries again.

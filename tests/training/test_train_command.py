@@ -59,3 +59,16 @@ def test_make_tiny_model_builds_and_registers_both_families(settings, tmp_path):
     assert dict(BaseModel.objects.values_list("name", "family")) == {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
     call_command("make_tiny_model", stdout=StringIO())  # again: nothing rebuilt, nothing duplicated
     assert BaseModel.objects.count() == 2
+
+
+def test_train_with_no_worker_anywhere_trains_in_its_own_process(member, dataset_a, tiny_base_model):
+    import os
+
+    get_broker().flush_all()
+    out = StringIO()
+    call_command("train", "--dataset", "shapes", "--team", "alpha", "--user", "mia", "--preset", "fast",
+                 "--config", json.dumps({"resolution": 64, "max_steps": 5}), stdout=out)
+    job = TrainingJob.objects.get()
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert "no worker is running: training in this process" in out.getvalue()
+    assert job.worker_id.split(":")[1] == str(os.getpid())

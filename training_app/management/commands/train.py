@@ -1,18 +1,27 @@
-"""`manage.py train --dataset … --preset …`: submit a job and follow it in the terminal."""
+"""`manage.py train --dataset … --preset …`: submit a job and follow it in the terminal.
+
+In embedded mode the in-process broker reaches no other process: a running `manage.py serve`
+picks the job up through its reconciler within seconds; with no server, the job trains here."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from datasets_app.models import Dataset
 from lorasite.accounts import access
+from lorasite.broker import is_embedded, start_embedded_worker
+from lorasite.core.workers import live_workers, worker_name
 from lorasite.errors import DomainError
-from training_app import services
-from training_app.models import FINISHED_STATUSES, TrainingJob
+from training_app import lifecycle, services
+from training_app.backends.registry import actor_for
+from training_app.dispatch import waiting_reason
+from training_app.models import FINISHED_STATUSES, JobStatus, TrainingJob
 
 
 class Command(BaseCommand):
@@ -46,11 +55,34 @@ class Command(BaseCommand):
         self.stdout.write(f"submitted job {job.uuid} ({job.total_steps} steps)")
         if o["no_follow"]:
             return
-        self._follow(job)
+        self.worker = None
+        try:
+            if is_embedded() and not self._embedded_worker_elsewhere(job):
+                self._train_here(job, "no worker is running")
+            self._follow(job)
+        finally:
+            if self.worker is not None:
+                self.worker.stop()
+
+    def _embedded_worker_elsewhere(self, job: TrainingJob) -> bool:
+        others = [w for w in live_workers(actor_for(job.backend).queue_name) if w.name != worker_name()]
+        if others:
+            self.stdout.write(f"the embedded worker of {others[0].name} takes it within a few seconds")
+        return bool(others)
+
+    def _train_here(self, job: TrainingJob, why: str) -> None:
+        self.stdout.write(f"{why}: training in this process (Ctrl-C cancels the job and keeps its last checkpoint)")
+        # The job's message is already in this process's broker; these threads consume it.
+        self.worker = start_embedded_worker((actor_for(job.backend).queue_name, "default"), threads=1)
+
+    def _unclaimed_too_long(self, job: TrainingJob) -> bool:
+        """A server that just stopped still looks alive for a while: if nobody claimed the job in
+        the time a live server's reconciler needs, run it here."""
+        patience = settings.JOB_RECONCILE_GRACE_SECONDS + 3 * settings.JOB_RECONCILE_SECONDS + 5
+        return (is_embedded() and self.worker is None and job.status == JobStatus.QUEUED and job.attempts == 0
+                and (time.time() - job.queued_at.timestamp()) > patience)
 
     def _dataset_id(self, user, ref: str, team_slug: str | None):
-        import uuid
-
         try:
             return uuid.UUID(ref)
         except ValueError:
@@ -65,9 +97,16 @@ class Command(BaseCommand):
         from tqdm import tqdm
 
         bar = tqdm(total=job.total_steps or 1, unit="step", dynamic_ncols=True, file=self.stdout)
+        said = None
         try:
             while True:
                 job.refresh_from_db()
+                if self._unclaimed_too_long(job):
+                    self._train_here(job, "no worker took the job")
+                reason = None if self.worker else waiting_reason(job)
+                if reason and reason != said:
+                    bar.write(f"queued: {reason}")
+                said = reason or said
                 bar.total = job.total_steps or bar.total
                 bar.n = job.step
                 loss = f"{job.avg_loss:.4f}" if job.avg_loss is not None else "-"
@@ -76,8 +115,10 @@ class Command(BaseCommand):
                     break
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            self.stdout.write(f"\nstopped following; the job goes on: {job.uuid}")
-            return
+            if self.worker is None:
+                self.stdout.write(f"\nstopped following; the job goes on: {job.uuid}")
+                return
+            self._cancel_here(job)
         finally:
             bar.close()
         self.stdout.write(f"job {job.uuid} {job.status}" + (f": {job.error}" if job.error else ""))
@@ -88,3 +129,17 @@ class Command(BaseCommand):
                                   f"({artifact.size_bytes} bytes, sha256 {artifact.sha256[:12]}…)")
         if job.status != "completed":
             raise CommandError(f"job ended {job.status}")
+
+    def _cancel_here(self, job: TrainingJob) -> None:
+        """The job runs in this process, which is about to end: stop it cleanly (checkpoint + LoRA)."""
+        self.stdout.write("\ncancelling: saving the LoRA and a checkpoint (Retry resumes it) ...")
+        try:
+            lifecycle.request_cancel(job.pk)
+        except lifecycle.IllegalTransition:
+            pass
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.status in FINISHED_STATUSES:
+                break
+            time.sleep(0.2)

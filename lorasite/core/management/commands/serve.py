@@ -7,9 +7,8 @@ import os
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from dramatiq.brokers.stub import StubBroker
 
-from lorasite.broker import QUEUES, get_broker
+from lorasite.broker import QUEUES, is_embedded, start_embedded_worker
 from lorasite.realtime import register_embedded_loop
 
 
@@ -27,13 +26,9 @@ class Command(BaseCommand):
 
         from lorasite.asgi import application
 
-        broker = get_broker()
         worker = None
-        if isinstance(broker, StubBroker) and not no_worker:
-            import dramatiq
-
-            worker = dramatiq.Worker(broker, queues=set(QUEUES), worker_threads=settings.EMBEDDED_WORKER_THREADS)
-            worker.start()
+        if is_embedded() and not no_worker:
+            worker = start_embedded_worker(QUEUES, settings.EMBEDDED_WORKER_THREADS)
             self.stdout.write(f"embedded worker: {settings.EMBEDDED_WORKER_THREADS} threads on {', '.join(QUEUES)}")
 
         def ready() -> None:
