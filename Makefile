@@ -1,6 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both install what they need.
 SHELL := /bin/bash
-PYTHON ?= python3
+# Exactly Python 3.11: torch==2.13.0's CPU build and Django 5.2 are pinned for it.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
@@ -9,6 +10,11 @@ export HF_HUB_OFFLINE := 1
 .PHONY: demo test lint install chromium migrate
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "lorasite needs Python 3.11, but $(PYTHON) is $$($(PYTHON) --version 2>&1 || echo missing)."; \
+	  echo "Install python3.11 (e.g. apt-get install python3.11-venv), or name it: make PYTHON=/path/to/python3.11 demo"; \
+	  exit 1; }
+	@echo "creating $(VENV) with $$($(PYTHON) --version) ($(PYTHON)); the install takes about 2 minutes and 1.6 GB"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 

@@ -26,6 +26,12 @@ def resolve_model_location(location: str) -> Path:
     return path if path.is_absolute() else models_dir() / path
 
 
+def single_file_config_dir(family: str) -> Path:
+    """Where a single-file checkpoint's configs and tokenizers come from (loading stays offline): any
+    diffusers folder of the same family, kept as LORASITE_MODELS_DIR/configs/<family>."""
+    return models_dir() / "configs" / family
+
+
 class LocalBackend:
     name = "local"
     label = "This installation's GPU workers"
@@ -72,7 +78,8 @@ class LocalBackend:
         location = resolve_model_location(base.location)
         try:
             spec = trainer.TrainSpec(
-                model=trainer.ModelSpec(path=location, family=base.family),
+                model=trainer.ModelSpec(path=location, family=base.family,
+                                        config_dir=single_file_config_dir(base.family) if location.is_file() else None),
                 items=tuple(items),
                 config=trainer.TrainConfig.from_dict(job.config),
                 output_dir=output_dir,

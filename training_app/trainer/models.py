@@ -94,6 +94,25 @@ def _family_of_single_file(path: Path) -> str | None:
     return None
 
 
+def detect_family(path: Path) -> str | None:
+    """The family (sd15, sdxl) a diffusers folder or single checkpoint holds, read from its index or
+    tensor names without loading weights; None where a .ckpt cannot tell. Raises ModelLoadError
+    for what is not a base model at all."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path} is not a diffusers model folder (model_index.json is missing)")
+        found = _family_of_folder(path)
+        if found is None:
+            raise ModelLoadError(f"{path} holds a pipeline that is neither SD 1.5 nor SDXL")
+        return found
+    if path.suffix.lower() not in (".safetensors", ".ckpt"):
+        raise ModelLoadError(f"{path.name}: a base model is a diffusers folder or a .safetensors/.ckpt file")
+    return _family_of_single_file(path)
+
+
 def _quiet_loading() -> None:
     """Progress bars from diffusers/transformers would flood job logs."""
     import diffusers
@@ -149,7 +168,9 @@ def _load_model(spec: ModelSpec) -> LoadedModel:
                 " same family for its configs and tokenizer (ModelSpec.config_dir)"
             )
         if not (spec.config_dir / "model_index.json").is_file():
-            raise ModelLoadError(f"config folder {spec.config_dir} is not a diffusers model folder")
+            raise ModelLoadError(f"config folder {spec.config_dir} is not a diffusers model folder; a single-file "
+                                 f"checkpoint takes its configs and tokenizers from any diffusers folder of the "
+                                 f"same family ({spec.family}) put there")
         try:
             pipe = pipe_cls.from_single_file(str(path), config=str(spec.config_dir), **kwargs)
         except Exception as exc:

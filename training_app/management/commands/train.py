@@ -25,11 +25,12 @@ from training_app.models import FINISHED_STATUSES, JobStatus, TrainingJob
 
 
 class Command(BaseCommand):
-    help = "Submit a training job as USER and follow its progress until it ends (Ctrl-C stops following, not the job)."
+    help = ("Submit a training job as USER and follow its progress until it ends, or follow a job "
+            "submitted elsewhere (--follow JOB).")
 
     def add_arguments(self, parser):
-        parser.add_argument("--dataset", required=True, help="dataset UUID, or its name within --team")
-        parser.add_argument("--user", required=True, help="who submits (needs member role)")
+        parser.add_argument("--dataset", help="dataset UUID, or its name within --team")
+        parser.add_argument("--user", help="who submits (needs member role)")
         parser.add_argument("--team", help="team slug, to find the dataset by name")
         parser.add_argument("--preset", default=None)
         parser.add_argument("--base-model", default="tiny-sd15")
@@ -37,8 +38,14 @@ class Command(BaseCommand):
         parser.add_argument("--config", default="{}", help='JSON overrides, e.g. \'{"max_steps": 50}\'')
         parser.add_argument("--name", default=None)
         parser.add_argument("--no-follow", action="store_true")
+        parser.add_argument("--follow", metavar="JOB", help="follow this job (its UUID) instead of submitting one")
 
     def handle(self, *args, **o):
+        self.worker = None
+        if o["follow"]:
+            return self._follow_existing(o["follow"])
+        if not o["dataset"] or not o["user"]:
+            raise CommandError("--dataset and --user are needed to submit a job (or --follow JOB to watch one)")
         user = get_user_model().objects.filter(username=o["user"]).first()
         if user is None:
             raise CommandError(f"no user called {o['user']!r}")
@@ -55,9 +62,19 @@ class Command(BaseCommand):
         self.stdout.write(f"submitted job {job.uuid} ({job.total_steps} steps)")
         if o["no_follow"]:
             return
-        self.worker = None
+        self._see_it_through(job)
+
+    def _follow_existing(self, ref: str) -> None:
         try:
-            if is_embedded() and not self._embedded_worker_elsewhere(job):
+            job = TrainingJob.objects.get(uuid=uuid.UUID(ref))
+        except (ValueError, TrainingJob.DoesNotExist):
+            raise CommandError(f"no job {ref!r}") from None
+        self.stdout.write(f"following job {job.uuid} ({job.status}, {job.total_steps} steps)")
+        self._see_it_through(job)
+
+    def _see_it_through(self, job: TrainingJob) -> None:
+        try:
+            if is_embedded() and job.status == JobStatus.QUEUED and not self._embedded_worker_elsewhere(job):
                 self._train_here(job, "no worker is running")
             self._follow(job)
         finally:
