@@ -44,6 +44,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # Only for its packaged Swagger UI assets: /api/docs then loads them from our static files,
+    # so the docs work offline and no CDN sees who reads them.
+    "ninja",
     "lorasite.core.apps.CoreConfig",
     "lorasite.accounts.apps.AccountsConfig",
     "datasets_app.apps.DatasetsConfig",

@@ -96,7 +96,13 @@ def test_validation_errors_are_422_json(api_for, member):
     assert "detail" in response.json()
 
 
-def test_openapi_docs_are_served(db):
-    assert Client().get("/api/docs").status_code == 200
+def test_openapi_docs_are_served_from_our_own_static_files(db):
+    import re
+
+    page = Client().get("/api/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.content.decode())
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets), assets
+    assert not [a for a in assets if "//" in a], "the docs page loads assets from another host"
     schema = Client().get("/api/openapi.json").json()
     assert "/api/me" in schema["paths"]
