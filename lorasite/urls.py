@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from lorasite.accounts import views as account_views
 from lorasite.api import api
@@ -17,6 +19,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
+    # Pages name their icon; browsers and the admin still ask for /favicon.ico.
+    path("favicon.ico", RedirectView.as_view(url=static("lorasite/favicon.svg"), permanent=True)),
     path("", include("datasets_app.urls")),
     path("", include("training_app.urls")),
 ]

@@ -31,3 +31,13 @@ def test_healthz_is_503_and_names_the_component_when_the_channel_layer_is_down()
     assert body["checks"]["channel_layer"]["ok"] is False
     assert body["checks"]["database"]["ok"] is True
     assert "hunter2" not in response.content.decode()
+
+
+def test_favicon_ico_leads_to_the_icon_every_page_names(client, db):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("lorasite/favicon.svg")
+    from django.contrib.staticfiles import finders
+
+    assert finders.find("lorasite/favicon.svg")
+    page = client.get("/accounts/login/").content.decode()
+    assert 'rel="icon"' in page and "lorasite/favicon.svg" in page

@@ -13,6 +13,7 @@ property of the model family.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -113,13 +114,28 @@ def detect_family(path: Path) -> str | None:
     return _family_of_single_file(path)
 
 
-def _quiet_loading() -> None:
-    """Progress bars from diffusers/transformers would flood job logs."""
+class _TorchvisionNotice(logging.Filter):
+    """transformers warns at each start that torchvision is missing and PIL serves instead: that is
+    how this project runs (torchvision would pull a CUDA torch), so the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+_TORCHVISION_NOTICE = _TorchvisionNotice()
+
+
+def quiet_libraries() -> None:
+    """Progress bars (loading, "Writing model shards") and known-harmless notices from diffusers and
+    transformers would flood job logs and the demo's console."""
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    notices = logging.getLogger("transformers.utils.import_utils")
+    if _TORCHVISION_NOTICE not in notices.filters:
+        notices.addFilter(_TORCHVISION_NOTICE)
 
 
 # diffusers/accelerate build models on the meta device by patching torch's global module
@@ -148,7 +164,7 @@ def _load_model(spec: ModelSpec) -> LoadedModel:
     path = spec.path
     if not path.exists():
         raise ModelLoadError(f"base model not found: {path} does not exist")
-    _quiet_loading()
+    quiet_libraries()
     pipe_cls = _pipeline_class(spec.family)
     kwargs: dict[str, Any] = {"local_files_only": True}
     if spec.family == "sd15":

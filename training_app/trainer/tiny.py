@@ -125,8 +125,9 @@ def build_tiny_model(
     out_dir: str | os.PathLike[str], family: str = "sd15", seed: int = 0, prediction_type: str = "epsilon"
 ) -> Path:
     """`_build_tiny_model` under the process-wide model lock (building patches global torch state too)."""
-    from .models import MODEL_LOAD_LOCK
+    from .models import MODEL_LOAD_LOCK, quiet_libraries
 
+    quiet_libraries()
     with MODEL_LOAD_LOCK:
         return _build_tiny_model(out_dir, family, seed, prediction_type)
 
