@@ -25,6 +25,7 @@ from datasets_app.validation import (
     Limits,
     Rejected,
     archive_kind,
+    check_max_size,
     check_size,
     decode_caption,
     inspect_image,
@@ -103,7 +104,7 @@ def upload_entries(name: str, fileobj, size: int, limits: Limits, stack: context
     kind = archive_kind(head)
     if kind is None:
         def read() -> bytes:
-            check_size(size, limits)
+            check_max_size(size, limits)
             return fileobj.read()
         return [Entry(name=name, path=Path(name).name, read=read)]
     if kind != "zip":
@@ -143,7 +144,7 @@ def folder_entries(root: Path) -> list[Entry]:
 
 
 def _read_file(path: Path) -> bytes:
-    check_size(path.stat().st_size, limits_from_settings())
+    check_max_size(path.stat().st_size, limits_from_settings())
     return path.read_bytes()
 
 

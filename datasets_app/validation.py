@@ -82,8 +82,14 @@ def archive_kind(head: bytes) -> str | None:
 
 
 def check_size(size: int, limits: Limits, what: str = "file") -> None:
+    """An image must have bytes and stay under the limit."""
     if size == 0:
         raise Rejected("empty file (0 bytes)")
+    check_max_size(size, limits, what)
+
+
+def check_max_size(size: int, limits: Limits, what: str = "file") -> None:
+    """Before reading anything: under the limit (an empty file may be a blank caption, as kohya writes them)."""
     if size > limits.max_file_bytes:
         raise Rejected(f"{what} is {human_bytes(size)}; the limit is {human_bytes(limits.max_file_bytes)}")
 
@@ -213,7 +219,7 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits)
     """The member's bytes, after its size, encryption and compression ratio pass."""
     if info.flag_bits & 0x1:
         raise Rejected("encrypted archive member; not supported")
-    check_size(info.file_size, limits, what="member")
+    check_max_size(info.file_size, limits, what="member")
     if info.file_size > limits.ratio_check_above_bytes and info.compress_size and \
             info.file_size / info.compress_size > limits.max_member_ratio:
         raise Rejected(f"member compresses {info.file_size // info.compress_size}:1; the limit is "
@@ -223,7 +229,7 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits)
             data = member.read(limits.max_file_bytes + 1)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
         raise Rejected("corrupt archive member (bad data or checksum)") from None
-    check_size(len(data), limits, what="member")
+    check_max_size(len(data), limits, what="member")
     return data
 
 

@@ -69,6 +69,25 @@ def test_kohya_export_then_import_gives_the_same_images_and_captions(dataset, me
     assert set(DatasetImage.objects.filter(dataset=folder).values_list("sha256", "caption", "repeats")) == approved
 
 
+def test_kohya_export_of_an_uncaptioned_image_imports_back_with_an_empty_caption(dataset, member, upload, api_for,
+                                                                                  tmp_path):
+    upload(member, dataset, {"plain.png": distinct_images(1)[0]})
+    DatasetImage.objects.filter(dataset=dataset).update(review_state=ReviewState.APPROVED)
+    data = b"".join(api_for(member).get(f"/api/datasets/{dataset.uuid}/export?format=kohya").streaming_content)
+    assert zipfile.ZipFile(io.BytesIO(data)).read("1_ohwx/plain.txt") == b""
+    for source in ("zip", "folder"):
+        path = tmp_path / "export.zip"
+        path.write_bytes(data)
+        if source == "folder":
+            zipfile.ZipFile(path).extractall(tmp_path / "unpacked")
+            path = tmp_path / "unpacked"
+        out, err = io.StringIO(), io.StringIO()
+        call_command("import_dataset", str(path), team="alpha", name=f"from-{source}", stdout=out, stderr=err)
+        assert json.loads(out.getvalue())["rejected"] == 0, err.getvalue()
+        image = DatasetImage.objects.get(dataset__name=f"from-{source}")
+        assert image.caption == ""
+
+
 def test_lorasite_export_imports_as_an_identical_dataset(dataset, member, upload, api_for):
     seeded(dataset, member, upload)
     data = b"".join(api_for(member).get(f"/api/datasets/{dataset.uuid}/export?format=lorasite").streaming_content)
