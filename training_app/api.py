@@ -12,7 +12,7 @@ from ninja import Query, Router, Status
 from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
 from training_app import services
-from training_app.artifacts import artifact_url
+from training_app.artifacts import artifact_url, download_filename
 from training_app.backends.registry import all_backends
 from training_app.dispatch import waiting_reason
 from training_app.models import Artifact, ArtifactKind, JobStatus, TrainingJob
@@ -150,7 +150,7 @@ def job_events(request, job_id: UUID, since_step: int = Query(0, ge=0), max_poin
 
 
 def artifact_out(artifact: Artifact) -> ArtifactOut:
-    return ArtifactOut(id=artifact.uuid, kind=artifact.kind, filename=Path(artifact.path).name,
+    return ArtifactOut(id=artifact.uuid, kind=artifact.kind, filename=download_filename(artifact),
                        size_bytes=artifact.size_bytes, sha256=artifact.sha256, step=artifact.step,
                        prompt=artifact.prompt, url=artifact_url(artifact), created_at=artifact.created_at)
 
@@ -167,7 +167,7 @@ def _file_response(artifact: Artifact) -> FileResponse:
     if root not in path.parents or not path.is_file():
         raise NotFound("That file is no longer stored.")
     return FileResponse(open(path, "rb"), as_attachment=artifact.kind != ArtifactKind.SAMPLE,
-                        filename=path.name)
+                        filename=download_filename(artifact))
 
 
 @router.get("/jobs/{job_id}/artifacts/{artifact_id}/download")

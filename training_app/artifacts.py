@@ -7,6 +7,7 @@ so the portal never guesses file layouts.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,23 @@ LORA_ARTIFACT_KINDS = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKi
 
 def job_output_dir(job: TrainingJob) -> Path:
     return Path(settings.MEDIA_ROOT) / job.output_dir_name()
+
+
+def job_file_stem(job: TrainingJob) -> str:
+    """Readable and unique: the job's name as a slug plus its short id, e.g. `demo-shapes-fast-1a2b3c4d`
+    (A1111 and ComfyUI list a LoRA by its file name)."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", job.name).strip("-")[:60].strip("-")
+    return f"{slug or 'lora'}-{job.uuid.hex[:8]}"
+
+
+def download_filename(artifact: Artifact) -> str:
+    """The name a download is saved under: LoRA files after their job, whatever their name on disk
+    (diffusers' loader wants `pytorch_lora_weights.safetensors` inside its folder)."""
+    if artifact.kind == ArtifactKind.LORA_KOHYA:
+        return f"{job_file_stem(artifact.job)}.safetensors"
+    if artifact.kind == ArtifactKind.LORA_DIFFUSERS:
+        return f"{job_file_stem(artifact.job)}-diffusers.safetensors"
+    return Path(artifact.path).name
 
 
 def artifact_url(artifact: Artifact) -> str:

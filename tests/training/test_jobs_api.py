@@ -133,10 +133,14 @@ def test_weights_and_artifacts_download(api_for, member, submitted, settings):
     api = api_for(member)
     response = api.get(f"/api/jobs/{submitted['id']}/weights?layout=kohya")
     assert response.status_code == 200 and b"".join(response.streaming_content) == b"weights"
+    # Saved under the job's name and short id, whatever the file is called on disk.
+    assert job.name == "shapes · fast"
+    stem = f"shapes-fast-{job.uuid.hex[:8]}"
+    assert response["Content-Disposition"] == f'attachment; filename="{stem}.safetensors"'
     assert api.get(f"/api/jobs/{submitted['id']}/weights?layout=diffusers").status_code == 404
     assert api.get(f"/api/jobs/{submitted['id']}/weights?layout=ckpt").status_code == 422
     listed = api.get(f"/api/jobs/{submitted['id']}/artifacts").json()
-    assert listed[0]["filename"] == "lora.safetensors" and listed[0]["size_bytes"] == 7
+    assert listed[0]["filename"] == f"{stem}.safetensors" and listed[0]["size_bytes"] == 7
 
 
 def test_presets_backends_and_base_models_are_listed(api_for, member, tiny_base_model):
@@ -160,3 +164,30 @@ def test_estimate_for_a_dataset(api_for, member, dataset_a, tiny_base_model):
 
 def test_estimate_of_another_teams_dataset_is_404(api_for, outsider, dataset_a):
     assert api_for(outsider).post("/api/estimate", {"dataset_id": str(dataset_a.uuid)}).status_code == 404
+
+
+def test_job_file_names_are_readable_and_unique_per_job(member, dataset_a, tiny_base_model):
+    from training_app.artifacts import job_file_stem
+    from training_app.services import submit_job
+
+    first, second = (submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", preset="fast",
+                                name="demo-shapes · fast") for _ in range(2))
+    assert job_file_stem(first) == f"demo-shapes-fast-{first.uuid.hex[:8]}"
+    assert job_file_stem(first) != job_file_stem(second)
+    nameless = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", name="···")
+    assert job_file_stem(nameless) == f"lora-{nameless.uuid.hex[:8]}"
+
+
+def test_backends_say_whether_their_workers_have_a_gpu(api_for, member):
+    from django.utils import timezone
+
+    from lorasite.core.models import WorkerNode
+
+    now = timezone.now()
+    WorkerNode.objects.create(name="box:1", hostname="box", queues=["gpu"], device="cpu", started_at=now,
+                              last_seen=now)
+    local = api_for(member).get("/api/backends").json()[0]
+    assert local["detail"] == "1 CPU worker online (no GPU: training is slow)"
+    WorkerNode.objects.create(name="gpu1:2", hostname="gpu1", queues=["gpu"], device="cuda:0", started_at=now,
+                              last_seen=now)
+    assert api_for(member).get("/api/backends").json()[0]["detail"] == "2 workers online (1 GPU, 1 CPU)"

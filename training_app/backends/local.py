@@ -10,7 +10,7 @@ from django.conf import settings
 
 from lorasite.broker import broker_kind
 from lorasite.core.workers import live_workers
-from training_app.artifacts import job_output_dir
+from training_app.artifacts import job_file_stem, job_output_dir
 from training_app.backends.base import BackendError, RunOutcome
 from training_app.config import TrainingConfig
 from training_app.estimates import effective_repeats
@@ -32,9 +32,21 @@ def single_file_config_dir(family: str) -> Path:
     return models_dir() / "configs" / family
 
 
+def describe_workers(workers: list) -> str:
+    """"1 GPU worker online", "1 CPU worker online (no GPU: slow)", "3 workers online (2 GPU, 1 CPU)"."""
+    gpus = sum(1 for w in workers if (w.device or "cpu") != "cpu")
+    cpus = len(workers) - gpus
+    plural = "s" if len(workers) != 1 else ""
+    if not cpus:
+        return f"{gpus} GPU worker{plural} online"
+    if not gpus:
+        return f"{cpus} CPU worker{plural} online (no GPU: training is slow)"
+    return f"{len(workers)} workers online ({gpus} GPU, {cpus} CPU)"
+
+
 class LocalBackend:
     name = "local"
-    label = "This installation's GPU workers"
+    label = "This installation's training workers"
     queue = "gpu"
     actor_name = "run_local_job"
     families = ("sd15", "sdxl")
@@ -43,10 +55,10 @@ class LocalBackend:
     def availability(self) -> tuple[bool, str]:
         workers = live_workers("gpu")
         if workers:
-            return True, f"{len(workers)} GPU worker(s) online"
+            return True, describe_workers(workers)
         if broker_kind() == "stub":
             return True, "embedded worker (runs inside the web process)"
-        return False, "no GPU worker has checked in recently; jobs will wait in the queue"
+        return False, "no training worker has checked in recently; jobs will wait in the queue"
 
     def validate(self, config, base_model) -> list[dict[str, Any]]:
         errors = []
@@ -87,7 +99,7 @@ class LocalBackend:
                 resume_from=resume_from,
                 checkpoint_every_seconds=settings.JOB_CHECKPOINT_SECONDS,
                 metadata={"job_id": str(job.uuid), "dataset_sha256": job.snapshot_sha256,
-                          "output_name": _output_name(job), "trigger_word": job.config.get("trigger_word", "")},
+                          "output_name": job_file_stem(job), "trigger_word": job.config.get("trigger_word", "")},
             )
             result = trainer.train(spec, reporter)
         except trainer.TrainerConfigError as exc:
@@ -108,7 +120,3 @@ class LocalBackend:
         # Cooperative: the worker's reporter sees `cancelling` at the next step and the trainer saves.
         return None
 
-
-def _output_name(job) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.name)[:80].strip("_")
-    return safe or f"lora-{job.uuid.hex[:8]}"
