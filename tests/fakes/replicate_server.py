@@ -185,7 +185,7 @@ class FakeReplicate:
         for role in ("api", "delivery"):
             server = _Server(self, role)
             self._servers.append(server)
-            self._spawn(server.serve_forever, f"fake-replicate-{role}")
+            self._spawn(lambda server=server: server.serve_forever(poll_interval=0.02), f"fake-replicate-{role}")
         self._spawn(self._tick, "fake-replicate-clock")
         return self
 

@@ -298,6 +298,13 @@ class ReplicateClient:
         data = self._json(self._request("GET", "/v1/account", retry_safe=True))
         return Account(str(data.get("username", "")), str(data.get("name", "")), str(data.get("type", "user")))
 
+    def webhook_secret(self) -> str:
+        """The account's webhook signing secret (`whsec_…`), for verify_webhook."""
+        key = self._json(self._request("GET", "/v1/webhooks/default/secret", retry_safe=True)).get("key")
+        if not isinstance(key, str) or not key.startswith("whsec_"):
+            raise ReplicateError("Replicate gave no webhook signing secret for this account.", retryable=True)
+        return key
+
     def latest_version(self, model: str) -> str:
         """The latest version id of `owner/name` (to pin a trainer when the config names none)."""
         owner, name = _parse_model(model, "trainer")
