@@ -24,11 +24,10 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.replicate_http import Recorded, Reply, Rule, Server, ok, parse_multipart, problem
 from tests.fakes.replicate_sim import (
     EVENTS,
     TERMINAL,
@@ -45,111 +44,6 @@ HARDWARE = {"cpu": "CPU", "gpu-t4": "Nvidia T4 GPU", "gpu-l40s": "Nvidia L40S GP
             "gpu-a100-large": "Nvidia A100 (80GB) GPU", "gpu-h100": "Nvidia H100 GPU"}
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 TRAINING_KEYS = {"input", "destination", "webhook", "webhook_completed", "webhook_events_filter"}
-
-
-@dataclass
-class Rule:
-    """A failure switched on by a test: matching requests are delayed and/or answered with `status`."""
-
-    method: str | None
-    path: re.Pattern[str]
-    status: int | None
-    times: int
-    detail: str | None = None
-    headers: dict[str, str] | None = None
-    delay_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Recorded:
-    server: str  # "api" or "delivery"
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] | None = None
-
-
-def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> Reply:
-    body: dict[str, Any] = {"detail": detail, "status": status}
-    if title:
-        body["title"] = title
-    body.update(extra)
-    return Reply(status, json.dumps(body).encode(), "application/problem+json")
-
-
-def ok(data: Any, status: int = 200) -> Reply:
-    return Reply(status, json.dumps(data).encode())
-
-
-def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, str | None, bytes]]:
-    """name -> (filename, content type, bytes) for a multipart/form-data body."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        raise ValueError("multipart body without a boundary")
-    delimiter = b"--" + match.group(1).encode()
-    fields = {}
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, _, content = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        headers = {}
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        disposition = headers.get("content-disposition", "")
-        name = re.search(r'\bname="([^"]*)"', disposition)
-        filename = re.search(r'\bfilename="([^"]*)"', disposition)
-        if name:
-            fields[name.group(1)] = (filename.group(1) if filename else None, headers.get("content-type"),
-                                     content.removesuffix(b"\r\n"))
-    return fields
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as clients use it
-
-    def log_message(self, format: str, *args: Any) -> None:  # tests read fake.requests instead
-        pass
-
-    def _body(self) -> bytes:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            data = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return bytes(data)
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("content-length") or 0))
-
-    def _serve(self) -> None:
-        reply = self.server.app.dispatch(self.server.role, self.command, self.path, self.headers, self._body())
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for key, value in (reply.headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_QUERY = _serve
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, app: FakeReplicate, role: str):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.app, self.role = app, role
 
 
 class FakeReplicate:
@@ -174,7 +68,7 @@ class FakeReplicate:
         self._rules: list[Rule] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._servers: list[_Server] = []
+        self._servers: list[Server] = []
         self._threads: list[threading.Thread] = []
         for trainer in TRAINERS:
             self.models[(trainer.owner, trainer.name)] = self._model_json(
@@ -183,7 +77,7 @@ class FakeReplicate:
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> FakeReplicate:
         for role in ("api", "delivery"):
-            server = _Server(self, role)
+            server = Server(self, role)
             self._servers.append(server)
             self._spawn(lambda server=server: server.serve_forever(poll_interval=0.02), f"fake-replicate-{role}")
         self._spawn(self._tick, "fake-replicate-clock")
@@ -512,3 +406,19 @@ class FakeReplicate:
         if training.cancel():
             self._webhook(training, "completed")
         return ok(training.to_json(self.base_url))
+
+
+def main() -> None:
+    """Serve the fake from its own process (`python -m tests.fakes.replicate_server`) until stdin closes:
+    prints one JSON line with base_url, delivery_url, token and webhook_secret, for benchmarks and
+    tests that want the server off their own interpreter (its GIL, its threads)."""
+    import sys
+
+    with FakeReplicate() as fake:
+        print(json.dumps({"base_url": fake.base_url, "delivery_url": fake.delivery_url, "token": fake.token,
+                          "webhook_secret": fake.webhook_secret}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
