@@ -57,6 +57,8 @@ class FakeReplicate:
         self.default_plan = plan or TrainingPlan()
         self.webhook_min_interval_s, self.page_size = webhook_min_interval_s, page_size
         self.max_file_bytes, self.tick_s = max_file_bytes, tick_s
+        self.corrupt_uploads = 0  # this many next uploads arrive with one byte flipped (a broken proxy)
+        self.page_link_base: str | None = None  # when set, `next` links point there instead of base_url
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.sender = WebhookSender(self.webhook_secret, webhook_mode)
         self.requests: list[Recorded] = []
@@ -265,6 +267,9 @@ class FakeReplicate:
                            invalid_fields=[{"type": "required", "field": "content",
                                             "description": "content is required"}])
         filename, part_type, payload = fields["content"]
+        if self.corrupt_uploads > 0 and payload:
+            self.corrupt_uploads -= 1
+            payload = payload[:-1] + bytes([payload[-1] ^ 0x01])
         metadata = json.loads(fields["metadata"][2]) if "metadata" in fields else {}
         file_id = secrets.token_hex(12)
         now = time.time()
@@ -392,7 +397,8 @@ class FakeReplicate:
         offset = int(query.get("cursor", "0"))
         page = ordered[offset:offset + self.page_size]
         more = offset + self.page_size < len(ordered)
-        return ok({"next": f"{self.base_url}/v1/trainings?cursor={offset + self.page_size}" if more else None,
+        link_base = self.page_link_base or self.base_url
+        return ok({"next": f"{link_base}/v1/trainings?cursor={offset + self.page_size}" if more else None,
                    "previous": None, "results": [t.to_json(self.base_url) for t in page]})
 
     def _get_training(self, training_id: str, **_: Any) -> Reply:

@@ -20,7 +20,13 @@ from safetensors import safe_open
 from tests.fakes.replicate_server import FakeReplicate
 from tests.fakes.replicate_sim import TrainingPlan
 from tests.fakes.replicate_trainers import FLUX_TRAINER, SDXL_TRAINER
-from training_app.backends.replicate_api import ReplicateClient, ReplicateError, Timeouts, Training
+from training_app.backends.replicate_api import (
+    ReplicateClient,
+    ReplicateError,
+    Timeouts,
+    Training,
+    parse_retry_after,
+)
 from training_app.backends.replicate_archives import ArchiveLimits
 from training_app.backends.replicate_inputs import map_inputs, parse_progress
 
@@ -153,6 +159,25 @@ def test_upload_that_meets_a_500_is_sent_again_and_succeeds(client, fake, images
     upload = client.upload_dataset(images)
     assert upload.id in fake.files
     assert posts(fake, "/v1/files") == 2 and len(sleeps) == 1
+
+
+def test_upload_that_arrives_corrupted_is_sent_again(client, fake, images):
+    fake.corrupt_uploads = 1
+    upload = client.upload_dataset(images)
+    assert posts(fake, "/v1/files") == 2 and upload.sha256 == fake.files[upload.id]["record"]["checksums"]["sha256"]
+    fake.corrupt_uploads = 10
+    with pytest.raises(ReplicateError, match="corrupted") as caught:
+        client.upload_dataset(images)
+    assert caught.value.retryable
+
+
+def test_uploaded_file_can_be_read_back_with_the_token_only(client, fake, images):
+    import httpx
+
+    upload = client.upload_dataset(images)
+    with_token = httpx.get(upload.url + "/download", headers={"Authorization": f"Bearer {fake.token}"})
+    without = httpx.get(upload.url + "/download")
+    assert with_token.content == fake.files[upload.id]["payload"] and without.status_code == 401
 
 
 def test_dataset_with_a_non_image_is_refused_before_anything_is_sent(client, fake, tmp_path):
@@ -299,7 +324,28 @@ def test_find_training_walks_the_pages_to_the_one_for_an_upload(fake, sleeps, im
         assert api.find_training("http://nowhere/none") is None
 
 
+def test_a_next_page_link_to_another_host_is_not_followed(fake, sleeps, images):
+    fake.page_size, fake.page_link_base = 1, "http://127.0.0.2:9"
+    with ReplicateClient(fake.base_url, fake.token, sleep=sleeps) as api:
+        start_training(api, images)
+        start_training(api, images)
+        with pytest.raises(ReplicateError, match="another host"):
+            list(api.list_trainings())
+
+
 # -- rate limits, server errors, timeouts ---------------------------------------------------------------
+@pytest.mark.parametrize(("headers", "detail", "expected"), [
+    ({"retry-after": "7"}, "", 7.0),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:30 GMT"}, "", 30.0),
+    ({"ratelimit-reset": "4"}, "", 4.0),
+    ({}, "Request was throttled. Your rate limit resets in ~30s.", 30.0),
+    ({}, "slow down", None),
+])
+def test_the_wait_a_429_asks_for_is_read_from_each_place_replicate_puts_it(headers, detail, expected):
+    now = 1445412480.0  # 30 s before the HTTP date above
+    assert parse_retry_after(headers, detail, now=now) == expected
+
+
 def test_rate_limited_read_waits_the_reset_then_succeeds(client, fake, sleeps):
     fake.rate_limit(reset_s=2)
     assert client.account().username == "acme"
@@ -442,6 +488,7 @@ def test_official_client_runs_a_whole_training_against_the_fake(fake, images, tm
     with images[0][0].open("rb") as handle:
         file = official.files.create(handle, filename="data.zip")
     assert file.urls["get"].startswith(fake.base_url) and file.size == images[0][0].stat().st_size
+    assert official.files.get(file.id).checksums["sha256"] == file.checksums["sha256"]
     model = official.models.create("acme", "official-lora", visibility="private", hardware="gpu-h100")
     assert model.id == "acme/official-lora"
     assert official.models.get("ostris/flux-dev-lora-trainer").latest_version.id == FLUX_TRAINER.version

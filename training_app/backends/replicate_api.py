@@ -232,8 +232,7 @@ class ReplicateClient:
     """The calls a LoRA training makes to Replicate; each has a timeout, failures are ReplicateError."""
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, token: str = "", timeouts: Timeouts | None = None, *,
-                 retries: int = 2, max_retry_wait_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
-                 transport: httpx.BaseTransport | None = None):
+                 retries: int = 2, max_retry_wait_s: float = 30.0, sleep: Callable[[float], None] = time.sleep):
         if not token:
             raise ReplicateError("No Replicate API token: set the environment variable this backend names.")
         self.base_url = base_url.rstrip("/")
@@ -241,10 +240,10 @@ class ReplicateClient:
         self.retries, self.max_retry_wait_s, self._sleep = retries, max_retry_wait_s, sleep
         agent = {"User-Agent": "lorasite-replicate/1"}
         self._api = httpx.Client(base_url=self.base_url, headers={**agent, "Authorization": f"Bearer {token}"},
-                                 timeout=self.timeouts.default(), follow_redirects=False, transport=transport)
+                                 timeout=self.timeouts.default(), follow_redirects=False)
         # Weights live on another host (replicate.delivery): fetched without the token, redirects allowed.
         self._plain = httpx.Client(headers=agent, timeout=self.timeouts.for_download(), follow_redirects=True,
-                                   max_redirects=5, transport=transport)
+                                   max_redirects=5)
 
     def __repr__(self) -> str:  # never the token
         return f"ReplicateClient({self.base_url!r})"
