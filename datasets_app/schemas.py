@@ -171,6 +171,11 @@ class TagCount(Schema):
     count: int
 
 
+class WordCount(Schema):
+    word: str
+    count: int
+
+
 class ResolutionCount(Schema):
     width: int
     height: int
@@ -193,3 +198,4 @@ class StatsOut(Schema):
     resolution: ResolutionSummary
     duplicate_groups: list[list[UUID]]
     top_tags: list[TagCount]
+    top_words: list[WordCount]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from django.db.models import Avg, Count, Max, Min, Q
@@ -10,7 +11,33 @@ from django.db.models.functions import Length
 from datasets_app.models import Dataset, DatasetImage, ReviewState
 
 TOP_TAGS = 25
+TOP_WORDS = 15
 TOP_RESOLUTIONS = 10
+# A comma-separated part of up to this many words is a tag ("red hair", "looking at viewer"); a
+# longer one is a sentence ("a woman standing in a field at sunset").
+TAG_MAX_WORDS = 4
+_STOPWORDS = frozenset(
+    "a an the of on in at with and or to is are was be for by from its it this that as into over under near "
+    "there their his her he she they them we you i some very".split())
+_WORD = re.compile(r"[^\W\d_]{3,}")
+
+
+def caption_tags(caption: str) -> list[str]:
+    """The tags of a comma-separated tag list; none for prose (a caption without commas is a sentence)."""
+    if "," not in caption:
+        return []
+    return [part.strip().lower() for part in caption.split(",")
+            if part.strip() and len(part.split()) <= TAG_MAX_WORDS]
+
+
+def prose_words(caption: str) -> set[str]:
+    """The content words of a caption's sentences (its parts that are not tags)."""
+    parts = caption.split(",") if "," in caption else [caption]
+    words: set[str] = set()
+    for part in parts:
+        if "," not in caption or len(part.split()) > TAG_MAX_WORDS:
+            words.update(w for w in _WORD.findall(part.lower()) if w not in _STOPWORDS)
+    return words
 
 
 def dataset_stats(dataset: Dataset) -> dict:
@@ -29,8 +56,10 @@ def dataset_stats(dataset: Dataset) -> dict:
             "uuid", "near_duplicate_of__uuid", "near_duplicate_of_id"):
         groups.setdefault(anchor_pk, [str(anchor_uuid)]).append(str(uuid))
     tags: Counter[str] = Counter()
+    words: Counter[str] = Counter()
     for caption in images.exclude(caption="").values_list("caption", flat=True).iterator(chunk_size=2000):
-        tags.update({t.strip().lower() for t in caption.split(",") if t.strip()})
+        tags.update(set(caption_tags(caption)))
+        words.update(prose_words(caption))
     return {
         "total_images": totals["total"],
         "images_with_captions": totals["with_captions"],
@@ -44,4 +73,8 @@ def dataset_stats(dataset: Dataset) -> dict:
         "duplicate_groups": list(groups.values()),
         "top_tags": [{"tag": tag, "count": count}
                      for tag, count in sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_TAGS]],
+        # A word in one sentence only says nothing about the dataset.
+        "top_words": [{"word": word, "count": count}
+                      for word, count in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+                      if count > 1][:TOP_WORDS],
     }

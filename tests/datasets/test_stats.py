@@ -32,3 +32,24 @@ def test_stats_of_an_empty_dataset(dataset, viewer, api_for):
 
 def test_outsider_gets_404_for_stats(dataset, outsider, api_for):
     assert api_for(outsider).get(f"/api/datasets/{dataset.uuid}/stats").status_code == 404
+
+
+def test_sentence_captions_give_frequent_words_not_single_use_tags(dataset, member, viewer, api_for):
+    images = make_images(dataset, 4)
+    set_caption(images[0], "a red circle on a blue background", member)
+    set_caption(images[1], "a green circle on a white background", member)
+    set_caption(images[2], "ohwx, red hair, a woman standing in a field at sunset", member)
+    set_caption(images[3], "ohwx, red hair, smiling", member)
+    body = api_for(viewer).get(f"/api/datasets/{dataset.uuid}/stats").json()
+    assert body["top_tags"] == [{"tag": "ohwx", "count": 2}, {"tag": "red hair", "count": 2},
+                                {"tag": "smiling", "count": 1}]
+    assert body["top_words"] == [{"word": "background", "count": 2}, {"word": "circle", "count": 2}]
+
+
+def test_tag_and_word_rules():
+    from datasets_app.stats import caption_tags, prose_words
+
+    assert caption_tags("a photo of a dog") == []
+    assert caption_tags("1girl, Solo,  looking at viewer ,") == ["1girl", "solo", "looking at viewer"]
+    assert prose_words("ohwx, a dog running on the beach") == {"dog", "running", "beach"}
+    assert prose_words("ohwx, dog, beach") == set()
