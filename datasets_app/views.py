@@ -56,6 +56,21 @@ def dataset_list(request, slug: str):
                                                   "can_write": role.allows(Role.MEMBER)})
 
 
+COMMON_RESOLUTIONS = (512, 768, 1024)
+
+
+def resolution_choices(dataset, stats: dict) -> list[int]:
+    """The crop preview's sizes: the dataset's own training resolution, the size its most common
+    images already have (in 64 px steps), and the families' common ones (SD 1.5: 512/768, SDXL: 1024)."""
+    choices = set(COMMON_RESOLUTIONS) | {dataset.default_resolution}
+    common = stats["resolution"]["common"]
+    if common:
+        side = min(common[0]["width"], common[0]["height"]) // 64 * 64
+        if 64 <= side <= 2048:
+            choices.add(side)
+    return sorted(choices)
+
+
 @login_required
 def dataset_detail(request, slug: str, dataset_id):
     team = team_for_page(request.user, slug)
@@ -64,9 +79,11 @@ def dataset_detail(request, slug: str, dataset_id):
     state = request.GET.get("state", "")
     state = state if state in ReviewState.values else ""
     page = queries.image_page(dataset, state, _page(request.GET.get("page")), GRID_PAGE_SIZE)
+    stats = dataset_stats(dataset)
     context = {
         "team": team, "dataset": dataset, "role": role, "can_write": role.allows(Role.MEMBER),
-        "state": state, "states": ReviewState.choices, "page": page, "stats": dataset_stats(dataset),
+        "state": state, "states": ReviewState.choices, "page": page, "stats": stats,
+        "resolutions": resolution_choices(dataset, stats),
         "page_json": json.dumps({"dataset": str(dataset.uuid), "state": state,
                                  "resolution": dataset.default_resolution}, cls=DjangoJSONEncoder),
     }

@@ -156,3 +156,18 @@ def test_seed_demo_draws_an_approved_shapes_dataset_once(team_a, owner):
     assert dataset.images.filter(caption="shp, a red circle on a blue background").exists()
     assert out.getvalue().splitlines()[-1] == "dataset demo-shapes: 12 images (0 new)"
     call_command("check")
+
+
+def test_crop_preview_offers_the_datasets_own_resolution(team_a, owner):
+    import re
+
+    from datasets_app.demo import seed_demo
+
+    seed_demo(team_a, owner, io.StringIO())
+    dataset = Dataset.objects.get(name="demo-shapes")
+    html = logged_in(owner).get(f"/teams/alpha/datasets/{dataset.uuid}/").content.decode()
+    select = re.search(r"<select data-crop-resolution.*?</select>", html, flags=re.S).group(0)
+    options = re.findall(r'<option value="(\d+)"( selected)?', select)
+    # The demo trains at 64 px and its images are 128 px; SD 1.5 and SDXL sizes stay on offer.
+    assert [int(v) for v, _ in options] == [64, 128, 512, 768, 1024]
+    assert [int(v) for v, chosen in options if chosen] == [64]
