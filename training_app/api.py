@@ -46,9 +46,10 @@ def list_presets(request):
 def list_backends(request):
     out = []
     for backend in all_backends():
-        available, detail = backend.availability()
+        state = backend.availability()
         out.append(BackendOut(name=backend.name, label=backend.label, queue=backend.queue,
-                              families=list(backend.families), paid=backend.paid, available=available, detail=detail))
+                              families=list(backend.families), paid=backend.paid, available=state.available,
+                              detail=state.detail))
     return out
 
 
@@ -181,9 +182,11 @@ def download_artifact(request, job_id: UUID, artifact_id: UUID):
 
 @router.get("/jobs/{job_id}/weights")
 def download_weights(request, job_id: UUID, layout: str = "kohya"):
-    kinds = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS}
+    kinds = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS,
+             "remote": ArtifactKind.LORA_REMOTE}
     if layout not in kinds:
-        raise InvalidInput("layout must be kohya or diffusers", [{"loc": ["layout"], "msg": "kohya or diffusers"}])
+        raise InvalidInput("layout must be kohya, diffusers or remote",
+                           [{"loc": ["layout"], "msg": "kohya, diffusers or remote"}])
     job = services.get_job(request.user, job_id)
     artifact = job.artifacts.filter(kind=kinds[layout]).order_by("-created_at").first()
     if artifact is None:

@@ -182,6 +182,8 @@ def retry(job_id: int) -> TrainingJob:
         job.error = ""
         job.attempts = 0
         job.requested_actions = []
+        # A retry is a new run: a remote run that failed or was cancelled is not re-attached to.
+        job.remote_id = ""
 
     job = _transition(job_id, S.QUEUED, mutate)
     assert job is not None
@@ -213,9 +215,11 @@ def requeue_lost(job_id: int, stale_before, max_attempts: int) -> str | None:
     return job.status
 
 
-def requeue_after_error(job_id: int, error: str, max_attempts: int) -> TrainingJob | None:
+def requeue_after_error(job_id: int, error: str, max_attempts: int,
+                        retry_after: float | None = None) -> TrainingJob | None:
     """A retryable backend error: back to the queue while attempts remain (the caller sends it again
-    after a back-off), otherwise failed with the error. None if the job is no longer this run's."""
+    after a back-off, or after `retry_after` seconds when the remote side said when), otherwise
+    failed with the error. None if the job is no longer this run's."""
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().get(pk=job_id)
         if job.status != S.RUNNING:
@@ -230,10 +234,19 @@ def requeue_after_error(job_id: int, error: str, max_attempts: int) -> TrainingJ
             _new_attempt(job)
             job.error = f"attempt {job.attempts} failed, retrying: {error}"[:5000]
             # Exponential back-off: 10 s, 20 s, 40 s ... capped at 10 minutes.
-            job.not_before = timezone.now() + timedelta(seconds=min(600, 10 * 2 ** (job.attempts - 1)))
+            backoff = min(600, 10 * 2 ** (job.attempts - 1))
+            job.not_before = timezone.now() + timedelta(seconds=max(backoff, min(retry_after or 0, 3600)))
         job.save()
         _announce(job, previous)
     return job
+
+
+def record_remote_id(job_id: int, worker_id: str, remote_id: str) -> bool:
+    """Store the remote run's id on the job this worker runs, committed at once (a successor that
+    finds it re-attaches instead of starting a second run). False: the job is no longer this worker's."""
+    with transaction.atomic():
+        return bool(TrainingJob.objects.filter(pk=job_id, worker_id=worker_id, status__in=BUSY)
+                    .update(remote_id=remote_id[:200], heartbeat_at=timezone.now()))
 
 
 def heartbeat(job_id: int, worker_id: str) -> bool:

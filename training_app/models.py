@@ -160,6 +160,7 @@ class JobLog(models.Model):
 class ArtifactKind(models.TextChoices):
     LORA_KOHYA = "lora_kohya", "LoRA (kohya / A1111 / ComfyUI layout)"
     LORA_DIFFUSERS = "lora_diffusers", "LoRA (diffusers layout)"
+    LORA_REMOTE = "lora_remote", "LoRA as the remote trainer wrote it"
     CHECKPOINT = "checkpoint", "Resumable checkpoint"
     SAMPLE = "sample", "Sample image"
 

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 
 from training_app import lifecycle
-from training_app.backends.base import BackendError
+from training_app.backends.base import BackendError, JobTakenOver
 from training_app.backends.registry import get_backend
 from training_app.models import TrainingJob
 from training_app.reporting import JobReporter
@@ -71,11 +71,16 @@ def execute_job(job_uuid: str, worker_id: str | None = None) -> str | None:
             # The reaper gave the job to another worker while this one was finishing: let it be.
             return None
         return final.status
+    except JobTakenOver:
+        # The reaper gave the job to another worker, which follows the same remote run: leave it be.
+        logger.warning("job %s was taken over by another worker; this one stops", job.uuid)
+        return None
     except BackendError as exc:
         _flush_quietly(reporter)
         if exc.retryable:
             # The listener sends it again once its back-off has passed; failed after the attempt limit.
-            final = lifecycle.requeue_after_error(job.pk, exc.message, settings.JOB_MAX_ATTEMPTS)
+            final = lifecycle.requeue_after_error(job.pk, exc.message, settings.JOB_MAX_ATTEMPTS,
+                                                  retry_after=exc.retry_after)
         else:
             final = lifecycle.fail(job.pk, exc.message)
         return final.status if final else None

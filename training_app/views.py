@@ -56,8 +56,9 @@ def dashboard_context(team) -> dict:
     workers = live_workers()
     backends = []
     for backend in all_backends():
-        available, detail = backend.availability()
-        backends.append({"name": backend.name, "label": backend.label, "available": available, "detail": detail})
+        state = backend.availability()
+        backends.append({"name": backend.name, "label": backend.label, "available": state.available,
+                         "detail": state.detail})
     return {"team": team, "running": running, "queued": queued, "finished": finished, "workers": workers,
             "backends": backends}
 
@@ -125,7 +126,8 @@ def job_page(request, slug: str, job_id):
     artifacts = list(job.artifacts.select_related("job"))
     # A grid by step, then prompt (the order the trainer renders them in).
     samples = sorted((a for a in artifacts if a.kind == ArtifactKind.SAMPLE), key=lambda a: (a.step or 0, a.path))
-    files = [a for a in artifacts if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS)]
+    files = [a for a in artifacts
+             if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS, ArtifactKind.LORA_REMOTE)]
     points = downsampled_loss_points(job, max_points=CHART_POINTS)
     return render(request, "training/job.html", {
         "team": team, "role": role, "job": job, "can_train": role.allows(Role.MEMBER), "files": files,
@@ -190,7 +192,7 @@ def team_settings(request, slug: str):
     return render(request, "training/settings.html", {
         "team": team, "role": role, "is_admin": is_admin, "memberships": memberships, "roles": Role.choices,
         "backends": [{"name": b.name, "label": b.label, "families": b.families, "paid": b.paid,
-                      "state": b.availability()} for b in all_backends()],
+                      "state": b.availability().detail} for b in all_backends()],
         "webhooks": team_webhooks(team) if is_admin else [],
     })
 
