@@ -20,7 +20,7 @@ from django.utils import timezone
 from lorasite import events
 from lorasite.accounts.models import Team
 from lorasite.errors import Conflict
-from training_app.models import JobStatus, TrainingJob
+from training_app.models import BackendConfig, JobStatus, TrainingJob
 
 S = JobStatus
 BUSY = (S.RUNNING, S.CANCELLING)  # the states that hold one of the team's slots while a worker runs the job
@@ -106,7 +106,7 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
         if job.status != S.QUEUED:
             return None
         running = TrainingJob.objects.filter(team=team, status__in=BUSY).count()
-        if running >= team.max_concurrent_jobs:
+        if running >= team.max_concurrent_jobs or not _backend_has_room(job):
             # Its message is spent: the next free slot sends it again.
             TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=None, dispatch_message_id="")
             return None
@@ -123,8 +123,22 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
     return job
 
 
+def _backend_has_room(job: TrainingJob) -> bool:
+    if job.backend_config_id is None:
+        return True
+    lock_backend(job.backend_config_id)
+    limit = BackendConfig.objects.filter(pk=job.backend_config_id).values_list("max_concurrent_jobs", flat=True).first()
+    busy = TrainingJob.objects.filter(backend_config_id=job.backend_config_id, status__in=BUSY).count()
+    return limit is None or busy < limit
+
+
 def lock_team(team_id: int) -> Team:
     return Team.objects.select_for_update(no_key=True).get(pk=team_id)
+
+
+def lock_backend(config_id: int) -> None:
+    """Taken after the team's lock and before a job's, like every path that takes several."""
+    BackendConfig.objects.select_for_update(no_key=True).filter(pk=config_id).first()
 
 
 def complete(job_id: int, **fields: Any) -> TrainingJob | None:
