@@ -45,6 +45,7 @@ class Behaviour:
     checkpoints: tuple[str, ...] = ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors")
     honour_interrupt: bool = True
     hold: bool = False  # a prompt stays pending until released (tests of queue deletion)
+    train_limits: dict[str, dict] = field(default_factory=dict)  # e.g. {"rank": {"max": 4}}: a fork's tighter ranges
 
 
 class FakeComfyUI:
@@ -160,9 +161,15 @@ class FakeComfyUI:
     async def object_info(self, request: web.Request) -> web.Response:
         if failed := self._fail("object_info"):
             return failed
-        info = node_definitions(self.behaviour.generation, self.behaviour.checkpoints, self._input_folders())
+        info = self._definitions()
         node = request.match_info.get("node")
         return web.json_response({node: info[node]} if node in info else ({} if node else info))
+
+    def _definitions(self) -> dict:
+        info = node_definitions(self.behaviour.generation, self.behaviour.checkpoints, self._input_folders())
+        for name, limits in self.behaviour.train_limits.items():
+            info["TrainLoraNode"]["input"]["required"][name][1].update(limits)
+        return info
 
     def _input_folders(self) -> list[str]:
         return sorted(p.name for p in (self.root / "input").iterdir() if p.is_dir())
@@ -200,8 +207,7 @@ class FakeComfyUI:
         if not isinstance(graph, dict) or not graph:
             return web.json_response({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "",
                                                 "extra_info": {}}, "node_errors": {}}, status=400)
-        error, node_errors = validate_graph(graph, node_definitions(self.behaviour.generation,
-                                                                    self.behaviour.checkpoints, self._input_folders()))
+        error, node_errors = validate_graph(graph, self._definitions())
         if error:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         prompt_id = body.get("prompt_id") or str(uuid.uuid4())

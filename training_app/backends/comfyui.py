@@ -34,7 +34,8 @@ from training_app.backends.remote import run_remote
 from training_app.config import TrainingConfig
 from training_app.models import BackendConfig, JobLog
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
+CHECK_SECONDS = 2.0  # while the socket is quiet, how often to ask whether the prompt still exists
 
 
 class ComfyUIOptions(BaseModel):
@@ -65,6 +66,8 @@ class ComfyUIBackend:
         self.name = config.name
         self.options = ComfyUIOptions(**(config.options or {}))
         self.label = f"ComfyUI server at {urlsplit(config.base_url).netloc}"
+        self._withdrawn: set[str] = set()  # prompts we deleted from the queue before they ran
+        self._sockets: dict[str, Any] = {}  # opened before POST /prompt, so no message is missed
 
     def client(self, timeout: float | None = None) -> ComfyUIClient:
         token = os.environ.get(self.config.token_env) if self.config.token_env else None
@@ -141,25 +144,40 @@ class ComfyUIBackend:
     def submit(self, job, reporter, record) -> str:
         checkpoint = self.options.checkpoints.get(job.base_model.name)
         values = TrainingConfig(**job.config).model_dump()
+        prompt_id = str(uuid.uuid4())
         with self.client() as api:
             try:
                 info = api.object_info()
-                prompt_id = str(uuid.uuid4())
                 graph = workflow.build(info, checkpoint=checkpoint or "", folder=self.folder(job),
                                        prefix=self.prefix(job, prompt_id), values=values, steps=job.total_steps)
                 _log_unapplied(reporter, values)
                 self._upload_dataset(api, job, reporter)
                 record(prompt_id)  # committed before the server hears of it
+                self._listen_early(api, job, prompt_id)
                 api.queue_prompt(graph, self.client_id(job), prompt_id, extra_data={"extra_pnginfo": {
                     "lorasite_job": str(job.uuid), "config_sha256": _config_hash(job.config),
                     "dataset_sha256": job.snapshot_sha256}})
             except workflow.WorkflowError as exc:
+                self._drop_socket(prompt_id)
                 raise BackendError(f"This ComfyUI server cannot run the job: {exc}") from None
             except PromptRejected as exc:
+                self._drop_socket(prompt_id)
                 raise BackendError(describe_rejection(exc)) from None
             except ComfyUIError as exc:
+                self._drop_socket(prompt_id)
                 raise BackendError(_error_text(exc), retryable=exc.retryable) from None
         return prompt_id
+
+    def _listen_early(self, api: ComfyUIClient, job, prompt_id: str) -> None:
+        try:
+            self._sockets[prompt_id] = api.open_socket(self.client_id(job))
+        except ComfyUIError:
+            pass  # follow() tries again, then polls
+
+    def _drop_socket(self, prompt_id: str) -> None:
+        socket = self._sockets.pop(prompt_id, None)
+        if socket is not None:
+            socket.close()
 
     def _upload_dataset(self, api: ComfyUIClient, job, reporter) -> None:
         trigger = (job.config.get("trigger_word") or "").strip()
@@ -186,7 +204,8 @@ class ComfyUIBackend:
 
     def follow(self, job, remote_id: str, reporter) -> Iterator:
         with self.client() as api:
-            yield from _follow(api, job, remote_id, self.client_id(job), self.options.no_progress_notice_seconds)
+            yield from _follow(api, job, remote_id, self.client_id(job), self.options.no_progress_notice_seconds,
+                               self._withdrawn, self._sockets.pop(remote_id, None))
 
     def cancel_run(self, job, remote_id: str) -> None:
         with self.client() as api:
@@ -194,6 +213,7 @@ class ComfyUIBackend:
                 pending = [item[1] for item in api.queue().get("queue_pending", [])]
                 if remote_id in pending:
                     api.delete_from_queue([remote_id])
+                    self._withdrawn.add(remote_id)
                 else:
                     api.interrupt(remote_id)
             except ComfyUIError as exc:
@@ -242,8 +262,11 @@ def describe_rejection(exc: PromptRejected) -> str:
     for node_id, entry in (exc.node_errors or {}).items():
         for err in entry.get("errors") or []:
             input_name = (err.get("extra_info") or {}).get("input_name") or "?"
+            details = err.get("details") or ""
+            # For range errors ComfyUI's details are just the input's name again.
+            suffix = f" - {details}" if details and details != input_name else ""
             parts.append(f"node {node_id} ({entry.get('class_type', '?')}) input {input_name}: "
-                         f"{err.get('message', 'invalid')}{' - ' + err['details'] if err.get('details') else ''}")
+                         f"{err.get('message', 'invalid')}{suffix}")
     if not parts:
         parts.append(exc.error.get("message") or "the prompt is invalid")
     return "ComfyUI rejected the workflow: " + "; ".join(parts)
@@ -295,31 +318,47 @@ def _find(api: ComfyUIClient, job, remote_id: str | None) -> RemoteRun | None:
     return None
 
 
-def _follow(api: ComfyUIClient, job, remote_id: str, client_id: str, notice_after: float) -> Iterator:
+def _gone(remote_id: str, withdrawn: set[str]) -> Finished:
+    if remote_id in withdrawn:
+        return Finished("cancelled")
+    return Finished("failed", "the ComfyUI server lost the run (restarted?)", retryable=True)
+
+
+def _follow(api: ComfyUIClient, job, remote_id: str, client_id: str, notice_after: float,
+            withdrawn: set[str], socket=None) -> Iterator:
     total = job.total_steps
-    try:
-        socket = api.open_socket(client_id)
-    except ComfyUIError:
-        socket = None
+    if socket is None:
+        try:
+            socket = api.open_socket(client_id)
+        except ComfyUIError:
+            socket = None
     try:
         # Connected first, then asked: a run that ended before we listened is seen in its history.
         found = _find(api, job, remote_id)
         if found is None:
-            yield Finished("failed", "the ComfyUI server lost the run (restarted?)", retryable=True)
+            yield _gone(remote_id, withdrawn)
             return
         if found.state not in ("pending", "running"):
             yield Finished(found.state, found.error)
             return
         if socket is not None:
-            training_since: float | None = None
+            checked = time.monotonic()
+            # A re-attached run may be training already: its `executing` message went to the dead worker.
+            training_since: float | None = time.monotonic() if found.state == "running" else None
             stepped = noticed = False
             while True:
                 try:
-                    message = read_message(socket, timeout=POLL_SECONDS)
+                    message = read_message(socket, timeout=min(POLL_SECONDS, max(0.05, notice_after / 2)))
                 except ComfyUIError:
                     yield LogLines(("the ComfyUI websocket closed; following the run by polling its history",))
                     break
                 if message is None:
+                    if time.monotonic() - checked > CHECK_SECONDS:
+                        # A prompt deleted from the queue, or lost in a restart, sends nothing more.
+                        checked = time.monotonic()
+                        if _find(api, job, remote_id) is None:
+                            yield _gone(remote_id, withdrawn)
+                            return
                     if training_since and not stepped and not noticed and time.monotonic() - training_since > notice_after:
                         noticed = True
                         yield LogLines(("this ComfyUI server sends no per-step progress while it trains "
@@ -347,7 +386,7 @@ def _follow(api: ComfyUIClient, job, remote_id: str, client_id: str, notice_afte
                     yield Finished("cancelled")
                     return
                 yield Waiting()
-        yield from _poll(api, job, remote_id)
+        yield from _poll(api, job, remote_id, withdrawn)
     except ComfyUIError as exc:
         yield Finished("failed", _error_text(exc), retryable=exc.retryable)
     finally:
@@ -355,7 +394,7 @@ def _follow(api: ComfyUIClient, job, remote_id: str, client_id: str, notice_afte
             socket.close()
 
 
-def _poll(api: ComfyUIClient, job, remote_id: str) -> Iterator:
+def _poll(api: ComfyUIClient, job, remote_id: str, withdrawn: set[str]) -> Iterator:
     failures = 0
     while True:
         try:
@@ -368,7 +407,7 @@ def _poll(api: ComfyUIClient, job, remote_id: str) -> Iterator:
                 return
             found = RemoteRun(remote_id, "running")
         if found is None:
-            yield Finished("failed", "the ComfyUI server lost the run (restarted?)", retryable=True)
+            yield _gone(remote_id, withdrawn)
             return
         if found.state not in ("pending", "running"):
             if found.state == "succeeded":
