@@ -112,10 +112,11 @@ class JobReporter:
         done, elapsed = step - self._start_step, now - self._start
         job.eta_seconds = round(elapsed / done * (total_steps - step), 1) if done > 0 and elapsed > 0 else None
         self._dirty = True
-        if now - self._last_db >= self.db_interval:
-            self.flush()
+        # Published before the database write: a remote step is already late by the network hop.
         if now - self._last_publish >= self.publish_interval or step == total_steps:
             self._publish_progress(now)
+        if now - self._last_db >= self.db_interval:
+            self.flush()
 
     def log(self, line: str) -> None:
         line = str(line)[:2000]
