@@ -13,7 +13,7 @@ from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
 from training_app import services
 from training_app.artifacts import artifact_url, download_filename
-from training_app.backends.registry import all_backends
+from training_app.backends.registry import backends_for
 from training_app.dispatch import waiting_reason
 from training_app.models import Artifact, ArtifactKind, JobStatus, TrainingJob
 from training_app.presets import PRESETS
@@ -43,13 +43,19 @@ def list_presets(request):
 
 
 @router.get("/backends", response=list[BackendOut])
-def list_backends(request):
-    out = []
-    for backend in all_backends():
-        available, detail = backend.availability()
-        out.append(BackendOut(name=backend.name, label=backend.label, queue=backend.queue,
-                              families=list(backend.families), paid=backend.paid, available=available, detail=detail))
-    return out
+def list_backends(request, team: str | None = None):
+    """Every backend the team can train on, with its live availability (asked of each server now)."""
+    return [backend_out(backend) for backend in backends_for(access.get_team(request.user, team))]
+
+
+def backend_out(backend) -> BackendOut:
+    state = backend.availability()
+    config = getattr(backend, "config", None)
+    return BackendOut(name=backend.name, label=backend.label, kind=backend.kind, queue=backend.queue,
+                      families=list(backend.families), paid=backend.paid, available=state.available,
+                      detail=state.detail, facts=state.facts,
+                      scope="builtin" if config is None else ("global" if config.team_id is None else "team"),
+                      max_concurrent_jobs=config.max_concurrent_jobs if config else None)
 
 
 @router.get("/base-models", response=list[BaseModelOut])
@@ -81,6 +87,7 @@ def job_out(job: TrainingJob) -> dict:
         "priority": job.priority, "attempts": job.attempts, "image_count": job.image_count,
         "created_by": job.created_by.username if job.created_by else None, "created_at": job.created_at,
         "started_at": job.started_at, "finished_at": job.finished_at, "config": job.config,
+        "remote_id": job.remote_id, "cost_usd": job.cost_usd,
     }
 
 
@@ -181,9 +188,11 @@ def download_artifact(request, job_id: UUID, artifact_id: UUID):
 
 @router.get("/jobs/{job_id}/weights")
 def download_weights(request, job_id: UUID, layout: str = "kohya"):
-    kinds = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS}
+    kinds = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS,
+             "remote": ArtifactKind.LORA_REMOTE}
     if layout not in kinds:
-        raise InvalidInput("layout must be kohya or diffusers", [{"loc": ["layout"], "msg": "kohya or diffusers"}])
+        raise InvalidInput("layout must be kohya, diffusers or remote",
+                           [{"loc": ["layout"], "msg": "kohya, diffusers or remote"}])
     job = services.get_job(request.user, job_id)
     artifact = job.artifacts.filter(kind=kinds[layout]).order_by("-created_at").first()
     if artifact is None:

@@ -37,6 +37,8 @@ def download_filename(artifact: Artifact) -> str:
         return f"{job_file_stem(artifact.job)}.safetensors"
     if artifact.kind == ArtifactKind.LORA_DIFFUSERS:
         return f"{job_file_stem(artifact.job)}-diffusers.safetensors"
+    if artifact.kind == ArtifactKind.LORA_REMOTE:
+        return f"{job_file_stem(artifact.job)}-as-trained.safetensors"
     return Path(artifact.path).name
 
 

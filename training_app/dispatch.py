@@ -15,7 +15,7 @@ from lorasite.broker import get_broker, message_status
 from lorasite.core.workers import live_workers
 from training_app import lifecycle
 from training_app.backends.registry import actor_for
-from training_app.models import JobStatus, TrainingJob
+from training_app.models import BackendConfig, JobStatus, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,31 @@ def dispatch_team(team_id: int) -> int:
         free = max(0, team.max_concurrent_jobs - taken)
         if not free:
             return 0
-        waiting = list(jobs.filter(status=JobStatus.QUEUED, dispatched_at__isnull=True)
-                       .order_by("-priority", "queued_at", "id")[:free])
-        for job in waiting:
+        waiting = jobs.filter(status=JobStatus.QUEUED, dispatched_at__isnull=True).order_by("-priority", "queued_at", "id")
+        room: dict[int, int] = {}  # backend config -> jobs it can still take
+        sent = 0
+        for job in waiting.select_related("backend_config"):
+            if sent >= free:
+                break
+            config = job.backend_config
+            if config is not None:
+                if config.pk not in room:
+                    room[config.pk] = backend_room(config)
+                if room[config.pk] <= 0:
+                    continue  # that backend is full: a job behind it on another backend may go
+                room[config.pk] -= 1
             _send(job)
-    return len(waiting)
+            sent += 1
+    return sent
+
+
+def backend_room(config: BackendConfig) -> int:
+    """How many more jobs the backend may take: its limit less its running and already-sent jobs,
+    counted over every team that uses it (a global backend is shared)."""
+    lifecycle.lock_backend(config.pk)
+    taken = TrainingJob.objects.filter(backend_config=config).filter(
+        Q(status__in=BUSY) | Q(status=JobStatus.QUEUED, dispatched_at__isnull=False)).count()
+    return config.max_concurrent_jobs - taken
 
 
 def reconcile_queued_jobs() -> int:
@@ -99,6 +119,13 @@ def on_job_changed(job: TrainingJob, previous: str) -> None:
     A claim (queued -> running) keeps its slot, so it sends nothing."""
     if job.status == JobStatus.QUEUED or (previous in (JobStatus.QUEUED, *BUSY) and job.status not in BUSY):
         dispatch_team(job.team_id)
+        if job.status != JobStatus.QUEUED and job.backend_config_id is not None:
+            # A slot of a shared backend freed: other teams' jobs may be waiting for it.
+            others = (TrainingJob.objects.filter(backend_config_id=job.backend_config_id, status=JobStatus.QUEUED,
+                                                 dispatched_at__isnull=True).exclude(team_id=job.team_id)
+                      .values_list("team_id", flat=True).distinct())
+            for team_id in list(others):
+                dispatch_team(team_id)
 
 
 def waiting_reason(job: TrainingJob) -> str | None:

@@ -20,7 +20,7 @@ from django.utils import timezone
 from lorasite import events
 from lorasite.accounts.models import Team
 from lorasite.errors import Conflict
-from training_app.models import JobStatus, TrainingJob
+from training_app.models import BackendConfig, JobStatus, TrainingJob
 
 S = JobStatus
 BUSY = (S.RUNNING, S.CANCELLING)  # the states that hold one of the team's slots while a worker runs the job
@@ -106,7 +106,7 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
         if job.status != S.QUEUED:
             return None
         running = TrainingJob.objects.filter(team=team, status__in=BUSY).count()
-        if running >= team.max_concurrent_jobs:
+        if running >= team.max_concurrent_jobs or not _backend_has_room(job):
             # Its message is spent: the next free slot sends it again.
             TrainingJob.objects.filter(pk=job.pk).update(dispatched_at=None, dispatch_message_id="")
             return None
@@ -123,8 +123,22 @@ def claim(job_id: int, worker_id: str) -> TrainingJob | None:
     return job
 
 
+def _backend_has_room(job: TrainingJob) -> bool:
+    if job.backend_config_id is None:
+        return True
+    lock_backend(job.backend_config_id)
+    limit = BackendConfig.objects.filter(pk=job.backend_config_id).values_list("max_concurrent_jobs", flat=True).first()
+    busy = TrainingJob.objects.filter(backend_config_id=job.backend_config_id, status__in=BUSY).count()
+    return limit is None or busy < limit
+
+
 def lock_team(team_id: int) -> Team:
     return Team.objects.select_for_update(no_key=True).get(pk=team_id)
+
+
+def lock_backend(config_id: int) -> None:
+    """Taken after the team's lock and before a job's, like every path that takes several."""
+    BackendConfig.objects.select_for_update(no_key=True).filter(pk=config_id).first()
 
 
 def complete(job_id: int, **fields: Any) -> TrainingJob | None:
@@ -182,6 +196,8 @@ def retry(job_id: int) -> TrainingJob:
         job.error = ""
         job.attempts = 0
         job.requested_actions = []
+        # A retry is a new run: a remote run that failed or was cancelled is not re-attached to.
+        job.remote_id = ""
 
     job = _transition(job_id, S.QUEUED, mutate)
     assert job is not None
@@ -231,12 +247,21 @@ def requeue_after_error(job_id: int, error: str, max_attempts: int, backoff_seco
             job.status = S.QUEUED
             _new_attempt(job)
             job.error = f"attempt {job.attempts} failed, retrying: {error}"[:5000]
-            # Exponential back-off (10 s, 20 s, 40 s ... by default) capped at 10 minutes.
+            # Exponential back-off (10 s, 20 s, 40 s ... by default) capped at 10 minutes; a remote's own
+            # wait (a 429's reset) wins, up to an hour.
             wait = min(600, backoff_seconds * 2 ** (job.attempts - 1))
-            job.not_before = timezone.now() + timedelta(seconds=max(wait, retry_after or 0))
+            job.not_before = timezone.now() + timedelta(seconds=max(wait, min(retry_after or 0, 3600)))
         job.save()
         _announce(job, previous)
     return job
+
+
+def record_remote_id(job_id: int, worker_id: str, remote_id: str) -> bool:
+    """Store the remote run's id on the job this worker runs, committed at once (a successor that
+    finds it re-attaches instead of starting a second run). False: the job is no longer this worker's."""
+    with transaction.atomic():
+        return bool(TrainingJob.objects.filter(pk=job_id, worker_id=worker_id, status__in=BUSY)
+                    .update(remote_id=remote_id[:200], heartbeat_at=timezone.now()))
 
 
 def heartbeat(job_id: int, worker_id: str) -> bool:

@@ -39,6 +39,45 @@ class BaseModel(models.Model):
         return self.name
 
 
+class BackendType(models.TextChoices):
+    COMFYUI = "comfyui", "ComfyUI server"
+    REPLICATE = "replicate", "Replicate"
+
+
+class BackendConfig(models.Model):
+    """A remote backend jobs can run on, by name: a team's own, or (team empty) offered to every team.
+
+    The token is never stored: `token_env` names the environment variable of the worker and web
+    processes that holds it."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="backend_configs")
+    name = models.SlugField(max_length=40, help_text="What jobs and scripts name it by, e.g. desk-comfy")
+    type = models.CharField(max_length=12, choices=BackendType.choices)
+    base_url = models.URLField(max_length=300)
+    token_env = models.CharField(max_length=100, blank=True,
+                                 help_text="Name of the environment variable holding the API token (never the token)")
+    request_timeout_seconds = models.FloatField(default=30.0, help_text="Each HTTP call to the backend")
+    overall_timeout_seconds = models.PositiveIntegerField(default=48 * 3600,
+                                                          help_text="A run taking longer is cancelled")
+    max_concurrent_jobs = models.PositiveIntegerField(default=1, help_text="Jobs that may run on it at once")
+    options = models.JSONField(default=dict, blank=True, help_text="Per type; see docs/backends.md")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="unique_backend_name_per_team"),
+            models.UniqueConstraint(fields=["name"], condition=models.Q(team__isnull=True),
+                                    name="unique_global_backend_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.type})"
+
+
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
@@ -61,6 +100,8 @@ class TrainingJob(models.Model):
                                    related_name="training_jobs")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
     backend = models.CharField(max_length=40)
+    backend_config = models.ForeignKey(BackendConfig, null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="jobs", help_text="The remote backend named by `backend`")
     preset = models.CharField(max_length=40, blank=True)
     config = models.JSONField(help_text="The validated training config, frozen at submit")
     snapshot = models.JSONField(help_text="Image ids, sha256, paths and captions at submit; later edits do not apply")
@@ -91,7 +132,8 @@ class TrainingJob(models.Model):
     worker_id = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Times a worker has started this job")
-    remote_id = models.CharField(max_length=200, blank=True)
+    remote_id = models.CharField(max_length=200, blank=True, help_text="The run's id on its remote backend")
+    cost_usd = models.FloatField(null=True, blank=True, help_text="What the remote backend billed for the run")
     checkpoint_path = models.CharField(max_length=500, blank=True)
     requested_actions = models.JSONField(default=list, blank=True,
                                          help_text="'sample'/'save' asked from the portal, taken at the next step")
@@ -160,6 +202,7 @@ class JobLog(models.Model):
 class ArtifactKind(models.TextChoices):
     LORA_KOHYA = "lora_kohya", "LoRA (kohya / A1111 / ComfyUI layout)"
     LORA_DIFFUSERS = "lora_diffusers", "LoRA (diffusers layout)"
+    LORA_REMOTE = "lora_remote", "LoRA as the remote trainer wrote it"
     CHECKPOINT = "checkpoint", "Resumable checkpoint"
     SAMPLE = "sample", "Sample image"
 

@@ -74,6 +74,7 @@ class JobReporter:
         self._pending_logs: list[JobLog] = []
         self._window: deque[float] = deque(maxlen=AVG_WINDOW)
         self._stop = False
+        self.taken_over = False  # the job is no longer this worker's (not a cancel: leave the remote run alone)
         self._actions: frozenset[str] = frozenset()
         self._dirty = False
         self._lora_files: dict[str, Path] = {}
@@ -100,6 +101,22 @@ class JobReporter:
             self.flush()
         if now - self._last_publish >= self.publish_interval or step == total_steps:
             self._publish_progress(now)
+
+    def progress(self, step: int, total_steps: int) -> None:
+        """A step count without a loss (remote trainers that report only how far they are)."""
+        now = self.clock()
+        if self._start_step is None:
+            self._start_step, self._start = step - 1, now
+        job = self.job
+        job.step, job.total_steps = step, total_steps
+        done, elapsed = step - self._start_step, now - self._start
+        job.eta_seconds = round(elapsed / done * (total_steps - step), 1) if done > 0 and elapsed > 0 else None
+        self._dirty = True
+        # Published before the database write: a remote step is already late by the network hop.
+        if now - self._last_publish >= self.publish_interval or step == total_steps:
+            self._publish_progress(now)
+        if now - self._last_db >= self.db_interval:
+            self.flush()
 
     def log(self, line: str) -> None:
         line = str(line)[:2000]
@@ -187,6 +204,7 @@ class JobReporter:
         ):
             # Deleted, or the reaper gave the job to someone else: this worker must stop.
             self._stop = True
+            self.taken_over = True
             return
         if row["status"] == JobStatus.CANCELLING:
             self._stop = True

@@ -16,8 +16,8 @@ from django.conf import settings
 from django.db import connection
 
 from training_app import lifecycle
-from training_app.backends.base import BackendError
-from training_app.backends.registry import get_backend
+from training_app.backends.base import BackendError, JobTakenOver
+from training_app.backends.registry import backend_for_job
 from training_app.models import TrainingJob
 from training_app.reporting import JobReporter
 
@@ -60,17 +60,22 @@ def execute_job(job_uuid: str, worker_id: str | None = None) -> str | None:
     heartbeat.start()
     reporter = JobReporter(job, worker_id)
     try:
-        outcome = get_backend(job.backend).run(job, reporter)
+        outcome = backend_for_job(job).run(job, reporter)
         reporter.finish()
         reporter.record_lora_files(outcome.steps_completed, outcome.lora_files)
         if outcome.stopped:
             final = lifecycle.finish_cancel(job.pk)
         else:
-            final = lifecycle.complete(job.pk, step=job.step, total_steps=job.total_steps)
+            final = lifecycle.complete(job.pk, step=job.step, total_steps=job.total_steps,
+                                       cost_usd=outcome.metadata.get("cost_usd"))
         if final is None:
             # The reaper gave the job to another worker while this one was finishing: let it be.
             return None
         return final.status
+    except JobTakenOver:
+        # The reaper gave the job to another worker, which follows the same remote run: leave it be.
+        logger.warning("job %s was taken over by another worker; this one stops", job.uuid)
+        return None
     except BackendError as exc:
         _flush_quietly(reporter)
         if exc.retryable:

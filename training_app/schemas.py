@@ -31,11 +31,15 @@ class BaseModelOut(Schema):
 class BackendOut(Schema):
     name: str
     label: str
+    kind: str
     queue: str
     families: list[str]
     paid: bool
     available: bool
     detail: str
+    facts: dict[str, Any] = Field(default_factory=dict, description="e.g. ComfyUI version and free VRAM")
+    scope: str = Field(description="builtin, team or global")
+    max_concurrent_jobs: int | None
 
 
 class EstimateIn(Schema):
@@ -95,6 +99,8 @@ class JobOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     config: dict[str, Any]
+    remote_id: str
+    cost_usd: float | None
 
 
 class JobDetailOut(JobOut):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -15,7 +16,7 @@ from lorasite.accounts import access
 from lorasite.accounts.models import Role, Team
 from lorasite.errors import InvalidInput
 from training_app import lifecycle
-from training_app.backends.registry import get_backend
+from training_app.backends.registry import BUILTIN, find_config, get_backend
 from training_app.config import TrainingConfig, validation_errors
 from training_app.estimates import Estimate, effective_repeats, estimate, planned_total_steps
 from training_app.models import BaseModel, JobStatus, TrainingJob
@@ -104,7 +105,7 @@ def _create_job(user, *, dataset_id, base_model: str, backend: str = "local", pr
                 idempotency_key: str = "") -> TrainingJob:
     dataset = access.get_visible(Dataset.objects.select_related("team"), user, needed=Role.MEMBER, uuid=dataset_id)
     team = dataset.team
-    backend_impl = get_backend(backend)
+    backend_impl = get_backend(backend, team)
     model = get_base_model(team, base_model)
     cfg = build_config(preset, config or {}, dataset)
     errors = backend_impl.validate(cfg, model)
@@ -116,7 +117,8 @@ def _create_job(user, *, dataset_id, base_model: str, backend: str = "local", pr
                            [{"loc": ["dataset_id"], "msg": "no trainable images"}])
     job = TrainingJob.objects.create(
         team=team, dataset=dataset, name=name or f"{dataset.name} · {preset or 'custom'}", created_by=user,
-        base_model=model, backend=backend_impl.name, preset=preset or "", config=cfg.model_dump(),
+        base_model=model, backend=backend_impl.name, preset=preset or "",
+        backend_config=None if backend_impl.name in BUILTIN else find_config(team, backend_impl.name), config=cfg.model_dump(),
         snapshot=snapshot, snapshot_sha256=snapshot["sha256"], image_count=len(snapshot["images"]),
         total_steps=planned_total_steps(cfg, snapshot["images"]), priority=priority,
         idempotency_key=idempotency_key,
@@ -139,15 +141,20 @@ def estimate_job(user, *, config: dict[str, Any], preset: str | None = None, dat
     if base_model:
         model = get_base_model([dataset.team] if dataset else list(access.teams_for(user)), base_model)
         family, tiny = model.family, model.name.startswith("tiny-")
-    backend_impl = get_backend(backend)
+    teams = [dataset.team] if dataset else list(access.teams_for(user))
+    backend_impl = get_backend(backend, teams[0] if len(teams) == 1 else None)
     if dataset is not None:
         images = build_snapshot(dataset)["images"]
-        return estimate(cfg, len(images), family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny,
-                        repeats_total=sum(effective_repeats(i, cfg) for i in images),
-                        total_steps=planned_total_steps(cfg, images))
-    if not image_count:
+        result = estimate(cfg, len(images), family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny,
+                          repeats_total=sum(effective_repeats(i, cfg) for i in images),
+                          total_steps=planned_total_steps(cfg, images))
+    elif not image_count:
         raise InvalidInput("Give a dataset_id or an image_count.", [{"loc": ["image_count"], "msg": "required"}])
-    return estimate(cfg, image_count, family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny)
+    else:
+        result = estimate(cfg, image_count, family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny)
+    # A backend that knows its own price (Replicate) says what the run costs there.
+    cost = backend_impl.estimate_cost(cfg, result.total_steps, model if base_model else None)
+    return dataclasses.replace(result, estimated_cost_usd=round(cost, 2)) if cost is not None else result
 
 
 def get_job(user, job_id, needed: Role = Role.VIEWER) -> TrainingJob:

@@ -17,14 +17,14 @@ from lorasite.accounts.models import Membership, Role
 from lorasite.accounts.pages import page_errors, team_for_page
 from lorasite.accounts.services import remove_membership, set_membership
 from lorasite.core.workers import live_workers
-from lorasite.errors import DomainError, NotFound
-from training_app import services
+from lorasite.errors import DomainError, InvalidInput, NotFound
+from training_app import backend_configs, services
 from training_app.artifacts import artifact_url
-from training_app.backends.registry import all_backends
+from training_app.backends.registry import backends_for
 from training_app.charts import downsampled_loss_points
 from training_app.dispatch import waiting_reason
 from training_app.form_fields import form_groups
-from training_app.models import ArtifactKind, JobStatus, TrainingJob
+from training_app.models import ArtifactKind, BackendType, JobStatus, TrainingJob
 from training_app.notifications import create_webhook, delete_webhook, team_webhooks
 from training_app.presets import PRESETS
 
@@ -55,9 +55,10 @@ def dashboard_context(team) -> dict:
                     .order_by("-finished_at", "-id")[:RECENT_FINISHED])
     workers = live_workers()
     backends = []
-    for backend in all_backends():
-        available, detail = backend.availability()
-        backends.append({"name": backend.name, "label": backend.label, "available": available, "detail": detail})
+    for backend in backends_for(team):
+        state = backend.availability()
+        backends.append({"name": backend.name, "label": backend.label, "available": state.available,
+                         "detail": state.detail})
     return {"team": team, "running": running, "queued": queued, "finished": finished, "workers": workers,
             "backends": backends}
 
@@ -93,7 +94,8 @@ def new_training(request, slug: str):
         except DomainError as exc:
             detail, errors = exc.message, getattr(exc, "errors", [])
         initial = payload if isinstance(payload, dict) else initial
-    backends = [{"name": b.name, "label": b.label, "families": list(b.families), "paid": b.paid} for b in all_backends()]
+    backends = [{"name": b.name, "label": b.label, "families": list(b.families), "paid": b.paid}
+                for b in backends_for(team)]
     return render(request, "training/new.html", {
         "team": team, "role": role, "datasets": datasets, "base_models": base_models, "backends": backends,
         "presets": PRESETS, "initial": initial, "errors": errors, "error_detail": detail, "groups": form_groups(),
@@ -125,7 +127,8 @@ def job_page(request, slug: str, job_id):
     artifacts = list(job.artifacts.select_related("job"))
     # A grid by step, then prompt (the order the trainer renders them in).
     samples = sorted((a for a in artifacts if a.kind == ArtifactKind.SAMPLE), key=lambda a: (a.step or 0, a.path))
-    files = [a for a in artifacts if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS)]
+    files = [a for a in artifacts
+             if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS, ArtifactKind.LORA_REMOTE)]
     points = downsampled_loss_points(job, max_points=CHART_POINTS)
     return render(request, "training/job.html", {
         "team": team, "role": role, "job": job, "can_train": role.allows(Role.MEMBER), "files": files,
@@ -190,9 +193,35 @@ def team_settings(request, slug: str):
     return render(request, "training/settings.html", {
         "team": team, "role": role, "is_admin": is_admin, "memberships": memberships, "roles": Role.choices,
         "backends": [{"name": b.name, "label": b.label, "families": b.families, "paid": b.paid,
-                      "state": b.availability()} for b in all_backends()],
+                      "state": b.availability().detail} for b in backends_for(team)],
+        "team_backends": [_backend_row(c) for c in team.backend_configs.order_by("name")] if is_admin else [],
+        "backend_types": BackendType.choices,
         "webhooks": team_webhooks(team) if is_admin else [],
     })
+
+
+def _backend_row(config) -> dict:
+    # The token variable's name is not rendered back: the form only says whether one is set.
+    return {"uuid": config.uuid, "name": config.name, "type": config.type, "base_url": config.base_url,
+            "token_env": bool(config.token_env), "request_timeout_seconds": config.request_timeout_seconds,
+            "overall_timeout_seconds": config.overall_timeout_seconds,
+            "max_concurrent_jobs": config.max_concurrent_jobs, "options_json": json.dumps(config.options)}
+
+
+def _save_backend(request, team) -> None:
+    post = request.POST
+    existing = backend_configs.team_config(team, post["backend"]) if post.get("backend") else None
+    try:
+        options = json.loads(post.get("options") or "{}")
+    except ValueError:
+        raise InvalidInput("Options must be a JSON object, e.g. {\"checkpoints\": {\"sd15\": \"v1-5.safetensors\"}}.",
+                           [{"loc": ["options"], "msg": "not JSON"}]) from None
+    values = {key: post.get(key, "") for key in backend_configs.FIELDS if key != "options"}
+    values["options"] = options
+    if existing is not None and not values["token_env"]:
+        del values["token_env"]  # never shown back: left blank keeps the stored name
+    config = backend_configs.save(team, values, existing)
+    messages.success(request, f"Backend {config.name} saved.")
 
 
 def _apply_settings_form(request, team, role) -> None:
@@ -218,6 +247,11 @@ def _apply_settings_form(request, team, role) -> None:
         elif action == "remove-webhook":
             delete_webhook(team, request.POST.get("webhook", ""))
             messages.success(request, "Webhook removed.")
+        elif action == "backend":
+            _save_backend(request, team)
+        elif action == "remove-backend":
+            backend_configs.delete(team, request.POST.get("backend", ""))
+            messages.success(request, "Backend removed.")
     except DomainError as exc:
         messages.error(request, exc.message)
     except ValueError:

@@ -11,10 +11,10 @@ from django.conf import settings
 from lorasite.broker import broker_kind
 from lorasite.core.workers import live_workers
 from training_app.artifacts import job_file_stem, job_output_dir
-from training_app.backends.base import BackendError, RunOutcome
+from training_app.backends.base import Availability, BackendError, RunOutcome
 from training_app.config import TrainingConfig
 from training_app.estimates import effective_repeats
-from training_app.models import ArtifactKind
+from training_app.models import ArtifactKind, JobLog
 
 
 def models_dir() -> Path:
@@ -46,19 +46,27 @@ def describe_workers(workers: list) -> str:
 
 class LocalBackend:
     name = "local"
+    kind = "local"
     label = "This installation's training workers"
     queue = "gpu"
     actor_name = "run_local_job"
     families = ("sd15", "sdxl")
     paid = False
 
-    def availability(self) -> tuple[bool, str]:
+    def availability(self) -> Availability:
         workers = live_workers("gpu")
         if workers:
-            return True, describe_workers(workers)
+            return Availability(True, describe_workers(workers), {"workers": len(workers)})
         if broker_kind() == "stub":
-            return True, "embedded worker (runs inside the web process)"
-        return False, "no training worker has checked in recently; jobs will wait in the queue"
+            return Availability(True, "embedded worker (runs inside the web process)")
+        return Availability(False, "no training worker has checked in recently; jobs will wait in the queue")
+
+    def estimate_cost(self, config, total_steps, base_model) -> float | None:
+        return None  # this installation's own hardware
+
+    def logs(self, job) -> list[str]:
+        # The trainer writes its lines through the reporter: the job's own log is the whole story.
+        return list(JobLog.objects.filter(job=job).order_by("id").values_list("line", flat=True))
 
     def validate(self, config, base_model) -> list[dict[str, Any]]:
         errors = []

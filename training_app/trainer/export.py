@@ -261,3 +261,76 @@ def build_metadata(
     for key, value in extra.items():
         meta[str(key)] = str(value)
     return meta
+
+
+# -- LoRAs trained elsewhere ---------------------------------------------------------------------
+# ComfyUI's own trainer names every module as its (ldm) model does: "diffusion_model.input_blocks.1.1.
+# transformer_blocks.0.attn1.to_q.lora_up.weight", with ".alpha" per module and, besides the low-rank
+# pairs, ".diff"/".diff_b" deltas for norms and biases that no LoRA loader outside ComfyUI applies.
+COMFYUI_PREFIX = "diffusion_model."
+# Modules whose LoRA pair is a Linear in every SD-family UNet (the kohya and diffusers files hold these).
+_LINEAR_ATTENTION = re.compile(r"\.transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))$")
+
+
+def ldm_unet_module_to_diffusers(path: str, layers_per_block: int) -> str:
+    """Inverse of ``sdxl_unet_module_to_sgm`` for attention modules (SD 1.5 and SDXL alike)."""
+    lpb = layers_per_block
+    if m := re.match(r"input_blocks\.(\d+)\.1\.(.+)$", path):
+        b, i = divmod(int(m[1]) - 1, lpb + 1)
+        return f"down_blocks.{b}.attentions.{i}.{m[2]}"
+    if m := re.match(r"middle_block\.1\.(.+)$", path):
+        return f"mid_block.attentions.0.{m[1]}"
+    if m := re.match(r"output_blocks\.(\d+)\.1\.(.+)$", path):
+        b, i = divmod(int(m[1]), lpb + 1)
+        return f"up_blocks.{b}.attentions.{i}.{m[2]}"
+    raise ExportError(f"no diffusers name for UNet module {path!r}")
+
+
+def comfyui_lora_to_peft(tensors: Mapping[str, Any], layers_per_block: int) -> tuple[dict[str, Any], int, list[str]]:
+    """The linear attention pairs of a ComfyUI-trained LoRA as a peft UNet state dict, with each
+    module's alpha/rank baked into lora_B (so alpha == rank on load); returns (state dict, rank, dropped keys)."""
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+    ranks: set[int] = set()
+    for key in sorted(tensors):
+        if not key.startswith(COMFYUI_PREFIX):
+            dropped.append(key)
+            continue
+        if not key.endswith(".lora_up.weight"):
+            if not key.endswith((".lora_down.weight", ".alpha")):
+                dropped.append(key)
+            continue
+        module = key[len(COMFYUI_PREFIX): -len(".lora_up.weight")]
+        down, up = tensors.get(f"{COMFYUI_PREFIX}{module}.lora_down.weight"), tensors[key]
+        if down is None or not _LINEAR_ATTENTION.search(module) or down.dim() != 2 or up.dim() != 2:
+            dropped.append(key)
+            continue
+        rank = int(down.shape[0])
+        alpha = tensors.get(f"{COMFYUI_PREFIX}{module}.alpha")
+        scale = float(alpha) / rank if alpha is not None else 1.0
+        name = ldm_unet_module_to_diffusers(module, layers_per_block)
+        out[f"{name}.lora_A.weight"] = down.float().contiguous()
+        out[f"{name}.lora_B.weight"] = (up.float() * scale).contiguous()
+        ranks.add(rank)
+    if not out:
+        raise ExportError("the file holds no LoRA pair of an attention layer")
+    if len(ranks) != 1:
+        raise ExportError(f"the file mixes LoRA ranks {sorted(ranks)}")
+    return out, ranks.pop(), dropped
+
+
+def save_layouts_from_comfyui(source: Path, family: str, out_dir: Path, stem: str, layers_per_block: int,
+                              metadata: Mapping[str, str]) -> tuple[Path, Path, list[str]]:
+    """Write the kohya and diffusers files for a ComfyUI-trained SD 1.5/SDXL LoRA; returns both paths
+    and the keys that could not be carried over."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    unet_sd, rank, dropped = comfyui_lora_to_peft(load_file(str(source)), layers_per_block)
+    targets = sorted({k.rsplit(".", 2)[0] for k in unet_sd})  # exact module paths
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
+    meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), **dict(metadata)}
+    kohya = save_kohya_lora(out_dir / f"{stem}.safetensors", {"unet": unet_sd}, family, rank, meta, layers_per_block)
+    diffusers = save_diffusers_lora(out_dir / f"{stem}.diffusers.safetensors", {"unet": unet_sd}, {"unet": config},
+                                    family, meta)
+    return kohya, diffusers, dropped
