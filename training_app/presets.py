@@ -53,3 +53,7 @@ def preset_values(name: str | None) -> dict[str, Any]:
         raise InvalidInput(f"Unknown preset {name!r}; presets are {', '.join(PRESETS)}.",
                            [{"loc": ["preset"], "msg": f"must be one of {', '.join(PRESETS)}"}])
     return dict(PRESETS[name]["config"])
+
+
+# Sizes each family is usually trained at (the form suggests them beside the dataset's own).
+FAMILY_RESOLUTIONS = {"sd15": [512, 768], "sdxl": [1024, 768, 896], "flux": [1024, 512, 768]}

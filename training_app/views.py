@@ -26,7 +26,7 @@ from training_app.dispatch import waiting_reason
 from training_app.form_fields import form_groups
 from training_app.models import ArtifactKind, BackendType, JobStatus, TrainingJob
 from training_app.notifications import create_webhook, delete_webhook, team_webhooks
-from training_app.presets import PRESETS
+from training_app.presets import FAMILY_RESOLUTIONS, PRESETS
 
 RECENT_FINISHED = 25
 CHART_POINTS = 2000
@@ -99,7 +99,9 @@ def new_training(request, slug: str):
     return render(request, "training/new.html", {
         "team": team, "role": role, "datasets": datasets, "base_models": base_models, "backends": backends,
         "presets": PRESETS, "initial": initial, "errors": errors, "error_detail": detail, "groups": form_groups(),
+        "resolutions": sorted({d.default_resolution for d in datasets} | {512, 768, 1024}),
         "page_data": {"presets": PRESETS, "backends": backends, "initial": initial, "errors": errors,
+                      "family_resolutions": FAMILY_RESOLUTIONS,
                       "datasets": [{"id": str(d.uuid), "name": d.name, "trigger_word": d.trigger_word,
                                     "default_resolution": d.default_resolution} for d in datasets],
                       "base_models": [{"name": m.name, "family": m.family} for m in base_models]},

@@ -45,6 +45,7 @@ document.addEventListener("DOMContentLoaded", () => {
     // The dataset's resolution, unless the person typed their own.
     const resolution = field("resolution");
     if (dataset && (!resolutionTouched || resolution.value === "")) resolution.value = dataset.default_resolution;
+    suggestResolutions();
     const out = form.querySelector("[data-dataset-stats]");
     if (!id) return;
     const response = await fetch(`/api/datasets/${id}/stats`, { credentials: "same-origin" });
@@ -59,6 +60,22 @@ document.addEventListener("DOMContentLoaded", () => {
     out.classList.toggle("warn", warnings.length > 0);
     estimateSoon();
   }
+
+  // Suggestions: the dataset's own resolution first, then the sizes the base model's family trains at.
+  function suggestResolutions() {
+    const list = form.querySelector("[data-resolution-choices]");
+    if (!list) return;
+    const dataset = data.datasets.find((d) => d.id === top("dataset_id").value);
+    const model = data.base_models.find((m) => m.name === top("base_model").value);
+    const sizes = [dataset ? dataset.default_resolution : null, ...((model && data.family_resolutions[model.family]) || [512, 768, 1024])];
+    list.replaceChildren(...[...new Set(sizes.filter(Boolean))].map((size) => {
+      const option = document.createElement("option");
+      option.value = size;
+      if (dataset && size === dataset.default_resolution) option.label = `${size} (this dataset)`;
+      return option;
+    }));
+  }
+  top("base_model").addEventListener("change", suggestResolutions);
 
   let timer = null;
   const estimateSoon = () => { clearTimeout(timer); timer = setTimeout(estimate, 300); };
