@@ -114,7 +114,8 @@ def image_page(dataset: Dataset, review_state: str = "", page: int = 1, page_siz
         rows = rows.filter(review_state=review_state)
     count = rows.count()
     pages = max(1, math.ceil(count / page_size))
-    page = max(1, page)
+    # Past the end is the last page (a huge number would also overflow Postgres' OFFSET).
+    page = min(max(1, page), pages)
     start = (page - 1) * page_size
     results = [image_out(image, dataset, crop_at) for image in rows[start:start + page_size]]
     return {"count": count, "page": page, "page_size": page_size, "pages": pages, "results": results}

@@ -46,3 +46,13 @@ def test_a_nul_character_in_an_html_form_is_a_422_page(member):
                                                       "default_resolution": "512"})
     assert response.status_code == 422 and b"name contains a NUL" in response.content
     assert not Dataset.objects.filter(name__startswith="x").exists()
+
+
+def test_a_page_number_past_the_end_is_the_last_page_not_a_500(api_for, member, dataset_a):
+    huge = "99999999999999999999"
+    body = api_for(member).get(f"/api/datasets/{dataset_a.uuid}/images?page={huge}").json()
+    assert body["page"] == body["pages"] == 1 and len(body["results"]) == dataset_a.images.count()
+    client = Client()
+    client.force_login(member)
+    page = client.get(f"/teams/alpha/datasets/{dataset_a.uuid}/?page={huge}")
+    assert page.status_code == 200 and page.content.decode().count('class="ds-card"') == dataset_a.images.count()

@@ -49,6 +49,9 @@ def test_member_cannot_manage_members(api_for, member):
 
 
 def test_admin_adds_a_member_but_cannot_create_owners(api_for, owner, admin_user):
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user("newbie")
     api = api_for(admin_user)
     added = api.put("/api/teams/alpha/members", {"username": "newbie", "role": "member"})
     assert added.status_code == 200 and added.json()["role"] == "member"
@@ -102,3 +105,16 @@ def test_team_page_is_404_for_outsiders(owner, outsider):
 def test_pages_require_login(db):
     response = Client().get("/teams/alpha/")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+@pytest.mark.parametrize(("username", "msg"), [
+    ("newbie ", "must not be empty or start or end with spaces"),
+    ("<b>boss</b>", "may contain only letters, digits and @ . + - _"),
+    ("nobody-yet", "no such account"),
+])
+def test_admins_add_existing_accounts_only_and_no_look_alikes(api_for, owner, username, msg):
+    from django.contrib.auth import get_user_model
+
+    response = api_for(owner).put("/api/teams/alpha/members", {"username": username, "role": "member"})
+    assert response.status_code == 422 and response.json()["errors"] == [{"loc": ["username"], "msg": msg}]
+    assert not get_user_model().objects.filter(username=username).exists()

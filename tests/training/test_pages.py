@@ -105,6 +105,9 @@ def test_dashboard_queries_do_not_grow_with_jobs(member, job, dataset_a):
 
 
 def test_admin_manages_members_and_limits(owner, admin_user):
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user("newbie")
     client = browser(admin_user)
     client.post("/teams/alpha/settings/", {"action": "member", "username": "newbie", "role": "viewer"})
     client.post("/teams/alpha/settings/", {"action": "limits", "max_concurrent_jobs": "5"})

@@ -29,5 +29,5 @@ class Command(BaseCommand):
         self.stdout.write(f"{'created' if created else 'exists'} team {team.slug} (owner {owner})")
         for index, username in enumerate(member):
             member_role = Role(role[index]) if index < len(role) else Role.MEMBER
-            set_membership(team, username, member_role)
+            set_membership(team, username, member_role, create_user=True)
             self.stdout.write(f"member {username} role {member_role.value}")

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         user.is_staff = user.is_superuser = True
         user.save()
         team_obj, _ = create_team(team, username, name="Demo team")
-        set_membership(team_obj, username, Role.OWNER)
+        set_membership(team_obj, username, Role.OWNER, create_user=True)
         for hook in _seed_hooks():
             hook(team_obj, user, self.stdout)
         self.stdout.write(self.style.SUCCESS(f"demo login: username {username!r}, password {password!r}"))
