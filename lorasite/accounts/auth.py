@@ -6,7 +6,7 @@ from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer, SessionAuth
 
 from lorasite.accounts.models import ApiToken
 
@@ -19,8 +19,18 @@ class BearerToken(HttpBearer):
         return user
 
 
+class SignedInSession(SessionAuth):
+    """The browser session, with CSRF on writes; a request with no signed-in session is simply not
+    authenticated (401), rather than refused for a CSRF token it could never have had (403)."""
+
+    def _get_key(self, request):
+        if not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)
+
+
 # Tried in order: scripts send a token, browsers send the session cookie (with CSRF on writes).
-API_AUTH = [BearerToken(), django_auth]
+API_AUTH = [BearerToken(), SignedInSession()]
 
 
 class BearerTokenWebsocketMiddleware:

@@ -106,3 +106,32 @@ def test_openapi_docs_are_served_from_our_own_static_files(db):
     assert not [a for a in assets if "//" in a], "the docs page loads assets from another host"
     schema = Client().get("/api/openapi.json").json()
     assert "/api/me" in schema["paths"]
+
+
+def _write_operations():
+    import re
+    import uuid
+
+    schema = Client().get("/api/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method in operations:
+            if method in ("post", "put", "patch", "delete"):
+                filled = re.sub(r"\{[^}]*\}", lambda m: "alpha" if m.group(0) in ("{team}", "{slug}")
+                                else ("someone" if m.group(0) == "{username}" else str(uuid.uuid4())), path)
+                yield method, filled
+
+
+def test_every_anonymous_write_gets_401_not_a_csrf_403(db):
+    client = Client(enforce_csrf_checks=True)
+    operations = list(_write_operations())
+    assert len(operations) >= 19
+    answers = {f"{m.upper()} {p}": getattr(client, m)(p, "{}", content_type="application/json").status_code
+               for m, p in operations}
+    assert set(answers.values()) == {401}, {k: v for k, v in answers.items() if v != 401}
+
+
+def test_a_signed_in_browser_write_without_its_csrf_token_is_still_refused(member):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(member)
+    response = client.post("/api/tokens", {"name": "x"}, content_type="application/json")
+    assert response.status_code == 403
