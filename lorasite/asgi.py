@@ -24,6 +24,28 @@ if settings.SERVE_STATIC:
 
     http_app = ASGIStaticFilesHandler(django_asgi_app)
 
+
+async def refuse_dot_segments(scope, receive, send):
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": b"Not Found"})
+
+
+class NoDotSegments:
+    """A path with `..` segments names nothing we serve: 404 before the static handler turns it into a
+    SuspiciousFileOperation logged at ERROR with the server's absolute paths."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if ".." in scope.get("path", "").replace("\\", "/").split("/"):
+            return await refuse_dot_segments(scope, receive, send)
+        return await self.inner(scope, receive, send)
+
+
+http_app = NoDotSegments(http_app)
+
 application = ProtocolTypeRouter(
     {
         "http": http_app,

@@ -187,11 +187,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_mistake": {"()": "lorasite.core.logfilters.ClientMistakeAsWarning"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"},
+                 "client_mistakes": {"class": "logging.StreamHandler", "formatter": "plain",
+                                     "filters": ["client_mistake"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # dramatiq's INFO lines (worker boot and shutdown) are noise in `serve` and `train`.
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
-                "dramatiq": {"level": env_str("DRAMATIQ_LOG_LEVEL", "WARNING")}},
+                "dramatiq": {"level": env_str("DRAMATIQ_LOG_LEVEL", "WARNING")},
+                **{f"django.security.{name}": {"handlers": ["client_mistakes"], "propagate": False}
+                   for name in ("RequestDataTooBig", "TooManyFieldsSent", "TooManyFilesSent",
+                                "SuspiciousFileOperation")}},
 }
 
 # Datasets: upload limits (see docs/datasets.md). The pixel limit guards against decompression bombs:

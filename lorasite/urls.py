@@ -24,3 +24,7 @@ urlpatterns = [
     path("", include("datasets_app.urls")),
     path("", include("training_app.urls")),
 ]
+
+handler400 = "lorasite.core.views.bad_request"
+handler404 = "lorasite.core.views.page_not_found"
+handler500 = "lorasite.core.views.server_error"
