@@ -18,6 +18,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 logger = logging.getLogger(__name__)
 
 RELAY_TYPE = "relay.message"
+# Sent to a user's group when their access may have shrunk (removed from a team, token revoked,
+# account deactivated): each of their sockets checks again and closes with 4403 if it lost access.
+ACCESS_CHANGED_TYPE = "access.changed"
 _embedded_loop: asyncio.AbstractEventLoop | None = None
 _publisher_loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -34,6 +37,10 @@ def job_group(job_uuid) -> str:
 
 def dataset_group(dataset_uuid) -> str:
     return f"dataset.{dataset_uuid}"
+
+
+def user_group(user_id) -> str:
+    return f"user.{user_id}"
 
 
 def register_embedded_loop(loop: asyncio.AbstractEventLoop | None) -> None:
@@ -57,10 +64,18 @@ def _publisher() -> asyncio.AbstractEventLoop:
 def publish(group: str, payload: dict[str, Any]) -> None:
     """Send `payload` to every websocket in `group`. Never raises: progress is best-effort, the
     database stays the source of truth and clients re-sync from a snapshot."""
+    _group_send(group, {"type": RELAY_TYPE, "payload": payload})
+
+
+def announce_access_change(user_id: int) -> None:
+    """Every open socket of this user re-checks its access (call it after the change commits)."""
+    _group_send(user_group(user_id), {"type": ACCESS_CHANGED_TYPE})
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": RELAY_TYPE, "payload": payload}
     try:
         try:
             running = asyncio.get_running_loop()
@@ -88,9 +103,15 @@ def publish(group: str, payload: dict[str, Any]) -> None:
 
 class RelayConsumer(AsyncJsonWebsocketConsumer):
     """Base for consumers that relay one group's payloads: subclasses decide access in `connect`
-    (before accepting) and call `join(group)`."""
+    (before accepting) and call `join(group)`; `still_allowed` repeats that decision when the user's
+    access changes, and a socket that lost it is closed with 4403."""
 
     group: str | None = None
+    user_group_name: str | None = None
+
+    async def still_allowed(self) -> bool:
+        """The subclass's own check again, against fresh rows (the scope's user is a cached object)."""
+        raise NotImplementedError
 
     async def dispatch(self, message):
         # Channels closes stale database connections before every handler, a hop to the shared sync
@@ -103,10 +124,19 @@ class RelayConsumer(AsyncJsonWebsocketConsumer):
     async def join(self, group: str) -> None:
         self.group = group
         await self.channel_layer.group_add(group, self.channel_name)
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            self.user_group_name = user_group(user.pk)
+            await self.channel_layer.group_add(self.user_group_name, self.channel_name)
 
     async def disconnect(self, code):
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in (self.group, self.user_group_name):
+            if group:
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def access_changed(self, event):
+        if not await self.still_allowed():
+            await self.close(code=4403)
 
     async def relay_message(self, event):
         await self.send_json(event["payload"])

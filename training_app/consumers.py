@@ -5,6 +5,7 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 
 from lorasite.accounts import access
+from lorasite.accounts.auth import current_socket_user
 from lorasite.errors import NotFound
 from lorasite.realtime import RelayConsumer, job_group
 from training_app.artifacts import artifact_url
@@ -28,11 +29,17 @@ class JobConsumer(RelayConsumer):
         await self.send_json(await self._snapshot(job.pk))
 
     @database_sync_to_async
-    def _job_if_visible(self, job_id):
+    def _job_if_visible(self, job_id, user=None):
         try:
-            return access.get_visible(TrainingJob.objects.select_related("team"), self.scope.get("user"), uuid=job_id)
+            return access.get_visible(TrainingJob.objects.select_related("team"), user or self.scope.get("user"),
+                                      uuid=job_id)
         except NotFound:
             return None
+
+    async def still_allowed(self) -> bool:
+        user = await database_sync_to_async(current_socket_user)(self.scope)
+        job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        return user is not None and await self._job_if_visible(job_id, user) is not None
 
     @database_sync_to_async
     def _snapshot(self, job_pk):

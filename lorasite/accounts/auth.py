@@ -46,9 +46,26 @@ class BearerTokenWebsocketMiddleware:
         if scope["type"] == "websocket":
             raw = _bearer_from_headers(scope.get("headers", []))
             if raw is not None:
-                user = await database_sync_to_async(ApiToken.authenticate)(raw)
-                scope = dict(scope, user=user or AnonymousUser())
+                token = await database_sync_to_async(ApiToken.find_active)(raw)
+                scope = dict(scope, user=token.user if token else AnonymousUser(),
+                             api_token_id=token.pk if token else None)
         return await self.inner(scope, receive, send)
+
+
+def current_socket_user(scope):
+    """The socket's user as the database sees them now: None once deactivated, or once the token the
+    socket was opened with is revoked. (A signed-out session ends with its cookie; open sockets of
+    a removed member are caught by the membership check the consumer repeats.)"""
+    from django.contrib.auth import get_user_model
+
+    user = scope.get("user")
+    if user is None or not user.is_authenticated:
+        return None
+    fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    token_id = scope.get("api_token_id")
+    if fresh is None or (token_id and not ApiToken.objects.active().filter(pk=token_id).exists()):
+        return None
+    return fresh
 
 
 def _bearer_from_headers(headers) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from lorasite.accounts import access
+from lorasite.accounts.auth import current_socket_user
 from lorasite.accounts.models import Team
 from lorasite.errors import NotFound, PermissionDenied
 from lorasite.realtime import RelayConsumer, team_group
@@ -33,11 +34,16 @@ class TeamConsumer(RelayConsumer):
         await self.send_json(await self._snapshot(team))
 
     @database_sync_to_async
-    def _team_if_member(self, team_id: str) -> Team | None:
+    def _team_if_member(self, team_id: str, user=None) -> Team | None:
         try:
-            return access.get_team(self.scope.get("user"), team_id)
+            return access.get_team(user or self.scope.get("user"), team_id)
         except (NotFound, PermissionDenied):
             return None
+
+    async def still_allowed(self) -> bool:
+        user = await database_sync_to_async(current_socket_user)(self.scope)
+        team_id = self.scope["url_route"]["kwargs"]["team_id"]
+        return user is not None and await self._team_if_member(team_id, user) is not None
 
     @database_sync_to_async
     def _snapshot(self, team: Team) -> dict[str, Any]:

@@ -7,8 +7,10 @@ import secrets
 import uuid
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
+
+from lorasite.realtime import announce_access_change
 
 TOKEN_PREFIX = "lst_"
 
@@ -103,6 +105,12 @@ class ApiToken(models.Model):
     @classmethod
     def authenticate(cls, raw: str):
         """The active user behind `raw`, or None."""
+        token = cls.find_active(raw)
+        return token.user if token is not None else None
+
+    @classmethod
+    def find_active(cls, raw: str) -> ApiToken | None:
+        """The unrevoked token of an active user that `raw` is, or None (its use is recorded)."""
         if not raw or not raw.startswith(TOKEN_PREFIX):
             return None
         token = cls.objects.active().select_related("user").filter(token_hash=hash_token(raw)).first()
@@ -112,11 +120,14 @@ class ApiToken(models.Model):
         # Bounded write rate: scripts poll, and a row update per request would contend for nothing.
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
             cls.objects.filter(pk=token.pk).update(last_used_at=now)
-        return token.user
+        return token
 
     def revoke(self) -> None:
         ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.refresh_from_db(fields=["revoked_at"])
+        # Sockets opened with this token close within moments, not when they next reconnect.
+        user_id = self.user_id
+        transaction.on_commit(lambda: announce_access_change(user_id))
 
     @property
     def is_active(self) -> bool:

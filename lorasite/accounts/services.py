@@ -9,6 +9,7 @@ from django.db import transaction
 
 from lorasite.accounts.models import Membership, Role, Team
 from lorasite.errors import InvalidInput, NotFound, PermissionDenied
+from lorasite.realtime import announce_access_change
 
 
 def validate_username(username: str) -> str:
@@ -69,6 +70,7 @@ def set_membership(team: Team, username: str, role: Role, acting_role: Role | No
     if existing and existing.role == Role.OWNER and role != Role.OWNER:
         _ensure_another_owner(team, existing)
     membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+    transaction.on_commit(lambda: announce_access_change(user.pk))
     return membership
 
 
@@ -82,6 +84,9 @@ def remove_membership(team: Team, username: str, acting_role: Role | None = None
             raise PermissionDenied("Only an owner can add, change or remove owners.")
         _ensure_another_owner(team, membership)
     membership.delete()
+    user_id = membership.user_id
+    # Their open sockets of this team close within moments.
+    transaction.on_commit(lambda: announce_access_change(user_id))
 
 
 def _ensure_another_owner(team: Team, membership: Membership) -> None:

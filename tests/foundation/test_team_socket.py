@@ -93,3 +93,62 @@ async def test_dashboard_socket_starts_with_a_snapshot_of_active_jobs(team_a, me
     assert snapshot["type"] == "snapshot" and snapshot["slug"] == team_a.slug
     assert [(j["job"], j["status"], j["total_steps"]) for j in snapshot["jobs"]] == [(str(job.uuid), "queued", 3)]
     await ws.disconnect()
+
+
+async def _closed_with(ws, code, timeout=5):
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive_output(timeout)
+            if message["type"] == "websocket.close":
+                return message.get("code") == code
+
+
+async def test_a_removed_member_is_disconnected_at_once_with_4403(team_a, owner, member):
+    from lorasite.accounts.services import remove_membership
+
+    ws = communicator(team_a, [(b"cookie", await session_cookie(member))])
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from())["type"] == "snapshot"
+    await sync_to_async(remove_membership)(team_a, member.username)
+    assert await _closed_with(ws, 4403)
+
+
+async def test_a_revoked_token_closes_the_sockets_it_opened_but_not_the_browsers(team_a, member):
+    token, raw = await sync_to_async(ApiToken.issue)(member, "script")
+    script = communicator(team_a, [(b"authorization", f"Bearer {raw}".encode())])
+    browser = communicator(team_a, [(b"cookie", await session_cookie(member))])
+    for ws in (script, browser):
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from())["type"] == "snapshot"
+    await sync_to_async(token.revoke)()
+    assert await _closed_with(script, 4403)
+    # The browser session is still a member's: it keeps its stream.
+    await browser.send_json_to({"type": "ping"})
+    assert await browser.receive_json_from() == {"type": "pong"}
+    await browser.disconnect()
+
+
+async def test_a_deactivated_account_is_disconnected(team_a, member):
+    ws = communicator(team_a, [(b"cookie", await session_cookie(member))])
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from())["type"] == "snapshot"
+    member.is_active = False
+    await sync_to_async(member.save)()
+    assert await _closed_with(ws, 4403)
+
+
+async def test_a_removed_member_loses_the_job_socket_too(team_a, owner, member, dataset_a, tiny_base_model):
+    from lorasite.accounts.services import remove_membership
+    from training_app.services import submit_job
+
+    job = await sync_to_async(submit_job)(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15",
+                                          config={"resolution": 64})
+    ws = WebsocketCommunicator(application, f"/ws/jobs/{job.uuid}/",
+                               headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"),
+                                        (b"cookie", await session_cookie(member))])
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from())["type"] == "snapshot"
+    await sync_to_async(remove_membership)(team_a, member.username)
+    assert await _closed_with(ws, 4403)
