@@ -45,6 +45,7 @@ def limits_from_settings() -> Limits:
     return Limits(
         max_file_bytes=settings.DATASET_MAX_FILE_BYTES,
         max_pixels=settings.DATASET_MAX_IMAGE_PIXELS,
+        decode_budget_pixels=settings.DATASET_DECODE_BUDGET_PIXELS,
         max_archive_bytes=settings.DATASET_MAX_ARCHIVE_BYTES,
         max_archive_members=settings.DATASET_MAX_ARCHIVE_MEMBERS,
         max_archive_total_bytes=settings.DATASET_MAX_ARCHIVE_TOTAL_BYTES,

@@ -6,10 +6,12 @@ refusal is an `Rejected` whose message is safe to show a user: it never contains
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import stat
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass
 
@@ -43,6 +45,8 @@ class Rejected(Exception):
 class Limits:
     max_file_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 64_000_000
+    # Pixels this process decodes at once, over all uploads (see PixelBudget).
+    decode_budget_pixels: int = 64_000_000
     max_archive_bytes: int = 1024 * 1024 * 1024
     max_archive_members: int = 10_000
     max_archive_total_bytes: int = 4 * 1024 * 1024 * 1024
@@ -94,6 +98,33 @@ def check_max_size(size: int, limits: Limits, what: str = "file") -> None:
         raise Rejected(f"{what} is {human_bytes(size)}; the limit is {human_bytes(limits.max_file_bytes)}")
 
 
+class PixelBudget:
+    """Bounds the pixels decoded at once in this process: a decoded image holds about 4 bytes a pixel
+    (twice while it is rotated), so parallel uploads of large images would otherwise multiply
+    memory. A decode waits until its pixels fit; one larger than the whole budget runs alone."""
+
+    def __init__(self) -> None:
+        self._used = 0
+        self._ready = threading.Condition()
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, budget: int):
+        with self._ready:
+            self._ready.wait_for(lambda: self._used == 0 or self._used + pixels <= budget)
+            self._used += pixels
+            self.peak = max(self.peak, self._used)
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._used -= pixels
+                self._ready.notify_all()
+
+
+DECODES = PixelBudget()
+
+
 def inspect_image(data: bytes, limits: Limits) -> InspectedImage:
     """Validate `data` as an accepted image and make its thumbnail and perceptual hash.
 
@@ -110,9 +141,13 @@ def inspect_image(data: bytes, limits: Limits) -> InspectedImage:
             fmt, (width, height) = probe.format, probe.size
             _check_pixels(width, height, limits)
             probe.verify()
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
-            img.load()
-            image = _apply_orientation(img)
+        with DECODES.hold(width * height, limits.decode_budget_pixels):
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+                img.load()
+                image = _apply_orientation(img)
+            thumb = make_thumbnail(image, THUMBNAIL_SIZE)
+            width, height = image.width, image.height
+            del image
     except Rejected:
         raise
     except UnidentifiedImageError:
@@ -126,10 +161,9 @@ def inspect_image(data: bytes, limits: Limits) -> InspectedImage:
         raise Rejected(f"truncated or corrupt {fmt} data") from None
     if fmt not in ACCEPTED_FORMATS:  # pragma: no cover - `formats=` already restricts this
         raise Rejected(f"format {fmt} is not accepted; use {ACCEPTED_LABEL}")
-    thumb = make_thumbnail(image, THUMBNAIL_SIZE)
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=85)
-    return InspectedImage(format=fmt, width=image.width, height=image.height,
+    return InspectedImage(format=fmt, width=width, height=height,
                           thumbnail_jpeg=buffer.getvalue(), phash=difference_hash(thumb))
 
 

@@ -204,6 +204,9 @@ LOGGING = {
 # it is checked from the image header before any pixel is decoded.
 DATASET_MAX_FILE_BYTES = env_int("DATASET_MAX_FILE_BYTES", 50 * 1024 * 1024, minimum=1)
 DATASET_MAX_IMAGE_PIXELS = env_int("DATASET_MAX_IMAGE_PIXELS", 64_000_000, minimum=1)
+# Pixels one process decodes at once over all uploads (~4 bytes each, twice while rotating): the
+# memory ceiling of ingest is about 8 bytes × this, whatever the number of parallel uploads.
+DATASET_DECODE_BUDGET_PIXELS = env_int("DATASET_DECODE_BUDGET_PIXELS", 64_000_000, minimum=1)
 DATASET_MAX_ARCHIVE_BYTES = env_int("DATASET_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024, minimum=1)
 DATASET_MAX_ARCHIVE_MEMBERS = env_int("DATASET_MAX_ARCHIVE_MEMBERS", 10_000, minimum=1)
 DATASET_MAX_ARCHIVE_TOTAL_BYTES = env_int("DATASET_MAX_ARCHIVE_TOTAL_BYTES", 4 * 1024 * 1024 * 1024, minimum=1)

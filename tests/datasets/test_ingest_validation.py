@@ -211,3 +211,33 @@ def test_a_failing_file_in_a_batch_fails_alone(dataset, member, upload, monkeypa
     assert reasons(report) == {"b.png": "unexpected error while reading this file"}
     assert StoredBlob.objects.count() == 2
     assert len([f for f in media_files() if f.startswith("blobs/")]) == 4
+
+
+def test_parallel_large_decodes_stay_within_the_pixel_budget():
+    import threading
+
+    from datasets_app.validation import DECODES, Limits, inspect_image
+
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (200, 30, 30)).save(big, format="PNG")
+    data = big.getvalue()
+    limits = Limits(decode_budget_pixels=7_000_000)  # room for one 6 MP image at a time, not two
+    DECODES.peak = 0
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(inspect_image(data, limits))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and all(r.width == 3000 for r in results)
+    assert DECODES.peak == 6_000_000
+
+
+def test_an_image_larger_than_the_whole_budget_still_decodes_alone():
+    from datasets_app.validation import DECODES, Limits, inspect_image
+
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 2000)).save(big, format="PNG")
+    DECODES.peak = 0
+    assert inspect_image(big.getvalue(), Limits(decode_budget_pixels=1_000_000)).height == 2000
+    assert DECODES.peak == 6_000_000
