@@ -114,6 +114,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOGIN_URL = "login"
+# Failed sign-ins (password or API token) per address, and per username for passwords, per minute.
+AUTH_FAILURES_PER_MINUTE = env_int("AUTH_FAILURES_PER_MINUTE", 10, minimum=1)
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -180,6 +182,9 @@ if REDIS_URL:
                        "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi")},
         }
     }
+    # Shared counters (sign-in throttling) must be seen by every process.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": env_str("CHANNEL_LAYER_PREFIX", "asgi")}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -15,6 +15,7 @@ urlpatterns = [
     path("teams/<slug:slug>/", training_views.dashboard, name="team-dashboard"),
     path("settings/tokens/", account_views.tokens, name="settings-tokens"),
     path("settings/tokens/<uuid:token_id>/revoke/", account_views.revoke_token, name="settings-token-revoke"),
+    path("accounts/login/", account_views.ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),

@@ -6,8 +6,10 @@ from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
+from lorasite.accounts import throttle
 from lorasite.accounts.models import ApiToken
 
 
@@ -16,7 +18,13 @@ class BearerToken(HttpBearer):
         user = ApiToken.authenticate(token)
         if user is not None:
             request.user = user
-        return user
+            return user
+        # A valid token always works; guessing is what slows down.
+        address = throttle.client_address(request)
+        throttle.record_failure("token", address)
+        if throttle.is_throttled("token", address):
+            raise HttpError(429, "Too many failed sign-ins from this address; wait a minute and check the token.")
+        return None
 
 
 class SignedInSession(SessionAuth):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from lorasite.accounts import access
+from lorasite.accounts import access, throttle
 from lorasite.accounts.models import ApiToken
 
 
@@ -39,3 +40,21 @@ def revoke_token(request, token_id):
     token.revoke()
     messages.success(request, f"Token “{token.name}” revoked.")
     return redirect("settings-tokens")
+
+
+class ThrottledLoginView(LoginView):
+    """Django's login, refusing further tries for a minute after AUTH_FAILURES_PER_MINUTE failures from
+    one address or for one username: checked before the password, so a refused try reveals nothing."""
+
+    def post(self, request, *args, **kwargs):
+        username = request.POST.get("username", "")[:150].lower()
+        if throttle.is_throttled("login", throttle.client_address(request), username):
+            # An unbound form: binding it would check the password.
+            form = self.get_form_class()(request, initial={"username": request.POST.get("username", "")})
+            return self.render_to_response(self.get_context_data(form=form, throttled=True), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        throttle.record_failure("login", throttle.client_address(self.request),
+                                self.request.POST.get("username", "")[:150].lower())
+        return super().form_invalid(form)

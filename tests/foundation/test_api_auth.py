@@ -135,3 +135,34 @@ def test_a_signed_in_browser_write_without_its_csrf_token_is_still_refused(membe
     client.force_login(member)
     response = client.post("/api/tokens", {"name": "x"}, content_type="application/json")
     assert response.status_code == 403
+
+
+def test_repeated_bad_tokens_from_one_address_get_429_but_a_good_token_still_works(api_for, member, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.AUTH_FAILURES_PER_MINUTE = 3
+    client = Client()
+    codes = [client.get("/api/me", HTTP_AUTHORIZATION="Bearer lst_guess" + str(i)).status_code for i in range(5)]
+    assert codes == [401, 401, 429, 429, 429]
+    assert api_for(member).get("/api/me").status_code == 200
+    cache.clear()
+
+
+def test_repeated_bad_passwords_get_429_before_the_password_is_checked(member, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.AUTH_FAILURES_PER_MINUTE = 3
+    member.set_password("right-password-1")
+    member.save()
+    client = Client()
+    codes = [client.post("/accounts/login/", {"username": member.username, "password": "wrong"}).status_code
+             for _ in range(3)]
+    assert codes == [200, 200, 200]  # the form again, with its error
+    refused = client.post("/accounts/login/", {"username": member.username, "password": "right-password-1"})
+    assert refused.status_code == 429 and b"Too many failed sign-ins" in refused.content
+    assert "_auth_user_id" not in client.session
+    cache.clear()
+    assert client.post("/accounts/login/", {"username": member.username, "password": "right-password-1"}
+                       ).status_code == 302
