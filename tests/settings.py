@@ -65,3 +65,5 @@ TEST_RUN_DIR = _RUN_DIR
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 SERVE_STATIC = True
+# Every test client signs in from 127.0.0.1: the throttling tests set their own limit.
+AUTH_FAILURES_PER_MINUTE = 1000
