@@ -21,6 +21,14 @@ from lorasite.core import maintenance
 logger = logging.getLogger(__name__)
 
 
+_worker_threads: int | None = None
+
+
+def worker_thread_count() -> int:
+    """How many threads this process's Dramatiq worker runs (1 before a worker has booted)."""
+    return _worker_threads or 1
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -74,6 +82,8 @@ class WorkerPresence(Middleware):
         self._embedded = False
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        global _worker_threads
+        _worker_threads = getattr(worker, "worker_threads", None)
         chosen = getattr(worker, "consumer_whitelist", None) or broker.get_declared_queues()
         queues = sorted(q for q in chosen if not q.endswith(".DQ"))
         self._stop.clear()

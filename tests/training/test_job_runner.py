@@ -143,3 +143,21 @@ def test_two_jobs_submitted_at_once_both_complete_in_the_embedded_worker(member,
     statuses = [TrainingJob.objects.get(pk=j.pk) for j in jobs]
     assert [(j.status, j.error) for j in statuses] == [(JobStatus.COMPLETED, "")] * 2
     assert {j.worker_id for j in statuses} and len({j.worker_id for j in statuses}) == 2
+    # The two trainings share the CPUs instead of each taking all of them.
+    import os
+
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    for job in statuses:
+        assert f"torch threads: {expected} (2 worker thread(s) in this process)" in job.logs.values_list(
+            "line", flat=True)
+
+
+def test_torch_threads_can_be_set_and_a_bad_value_is_a_clear_error(monkeypatch):
+    from training_app.backends.base import BackendError
+    from training_app.backends.local import torch_threads
+
+    monkeypatch.setenv("LORASITE_TORCH_THREADS", "3")
+    assert torch_threads() == 3
+    monkeypatch.setenv("LORASITE_TORCH_THREADS", "lots")
+    with pytest.raises(BackendError, match="whole number"):
+        torch_threads()

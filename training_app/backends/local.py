@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from lorasite.broker import broker_kind
-from lorasite.core.workers import live_workers
+from lorasite.core.workers import live_workers, worker_thread_count
 from training_app.artifacts import job_file_stem, job_output_dir
 from training_app.backends.base import Availability, BackendError, RunOutcome
 from training_app.config import TrainingConfig
@@ -42,6 +42,22 @@ def describe_workers(workers: list) -> str:
     if not gpus:
         return f"{cpus} CPU worker{plural} online (no GPU: training is slow)"
     return f"{len(workers)} workers online ({gpus} GPU, {cpus} CPU)"
+
+
+def torch_threads() -> int:
+    """torch's intra-op threads for one training: LORASITE_TORCH_THREADS, else the CPUs this process
+    may use shared by the worker threads that may train at once (two trainings each using every core
+    oversubscribe the CPU and run several times slower)."""
+    raw = os.environ.get("LORASITE_TORCH_THREADS", "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BackendError(f"LORASITE_TORCH_THREADS must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise BackendError("LORASITE_TORCH_THREADS must be at least 1")
+        return value
+    return max(1, len(os.sched_getaffinity(0)) // worker_thread_count())
 
 
 class LocalBackend:
@@ -77,9 +93,14 @@ class LocalBackend:
 
     def run(self, job, reporter) -> RunOutcome:
         # Imported here: web processes never load torch.
+        import torch
+
         from training_app import trainer
         from training_app.trainer.models import ModelLoadError
 
+        threads = torch_threads()
+        torch.set_num_threads(threads)
+        reporter.log(f"torch threads: {threads} ({worker_thread_count()} worker thread(s) in this process)")
         config = TrainingConfig(**job.config)
         output_dir = job_output_dir(job)
         output_dir.mkdir(parents=True, exist_ok=True)
