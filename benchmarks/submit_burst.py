@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -240,6 +241,7 @@ def main() -> None:
                          BENCH_ENQUEUE_LOG=f"{stack.namespace}:bench:enqueued",
                          WORKER_CHECKIN_SECONDS="2", JOB_RECONCILE_SECONDS="2")
         stack.setup_django()
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
         from training_app.demo import ensure_tiny_models
 
         ensure_tiny_models()

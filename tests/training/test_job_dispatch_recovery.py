@@ -4,26 +4,14 @@ quickly; the job page says what a queued job waits for."""
 from __future__ import annotations
 
 import time
-import uuid
-from types import SimpleNamespace
 
 import dramatiq
 import httpx
 import pytest
-import redis
 
 from lorasite.accounts.models import ApiToken
 from lorasite.broker import build_broker, get_broker
 from lorasite.core.models import WorkerNode
-from tests.services import (
-    bin_path,
-    free_port,
-    production_env,
-    require_redis,
-    start_process,
-    stop_process,
-    wait_for_port,
-)
 from training_app.models import JobStatus, TrainingJob
 
 TINY = {"resolution": 64, "batch_size": 2, "rank": 4, "max_steps": 2}
@@ -36,43 +24,6 @@ def _wait_for(predicate, timeout):
             return True
         time.sleep(0.2)
     return False
-
-
-@pytest.fixture
-def redis_stack(settings):
-    """A production environment on Redis with a fast reconciler, its own namespace, and a way to
-    start processes in it that are stopped (and the namespace emptied) at the end."""
-    redis_url = require_redis()
-    namespace = f"lorasite-test-{uuid.uuid4().hex[:8]}"
-    env = production_env(REDIS_URL=redis_url, DRAMATIQ_NAMESPACE=namespace, CHANNEL_LAYER_PREFIX=namespace,
-                         ALLOWED_HOSTS="127.0.0.1", LORASITE_MODELS_DIR=str(settings.LORASITE_MODELS_DIR),
-                         WORKER_CHECKIN_SECONDS="1", JOB_RECONCILE_SECONDS="1", JOB_RECONCILE_GRACE_SECONDS="1",
-                         # 300 s is the blind re-send: everything these tests see happens long before it.
-                         JOB_REDISPATCH_AFTER_SECONDS="300", OMP_NUM_THREADS="1")
-    client = redis.Redis.from_url(redis_url)
-    processes = []
-
-    def start(args):
-        processes.append(start_process(args, env))
-        return processes[-1]
-
-    try:
-        yield SimpleNamespace(namespace=namespace, redis=client, start=start)
-    finally:
-        for process in reversed(processes):
-            log = stop_process(process, timeout=15)
-            if "Traceback" in log:
-                print(log)
-        for key in client.scan_iter(f"{namespace}:*"):
-            client.delete(key)
-        client.close()
-
-
-def _start_web(redis_stack) -> int:
-    port = free_port()
-    wait_for_port(port, redis_stack.start([bin_path("daphne"), "-b", "127.0.0.1", "-p", str(port),
-                                           "lorasite.asgi:application"]))
-    return port
 
 
 def _submit(port, token, dataset) -> str:
@@ -88,7 +39,7 @@ def _submit(port, token, dataset) -> str:
 def test_a_message_lost_in_a_broker_restart_is_resent_within_seconds(member, dataset_a, tiny_base_model,
                                                                      redis_stack):
     token = ApiToken.issue(member, "recovery")[1]
-    port = _start_web(redis_stack)
+    port = redis_stack.start_web()
     client, namespace = redis_stack.redis, redis_stack.namespace
     job_id = _submit(port, token, dataset_a)
     page = httpx.get(f"http://127.0.0.1:{port}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
@@ -97,8 +48,7 @@ def test_a_message_lost_in_a_broker_restart_is_resent_within_seconds(member, dat
     # The broker restarts without persistence: the job's message is gone, the row still says queued.
     for key in client.scan_iter(f"{namespace}:*"):
         client.delete(key)
-    redis_stack.start([bin_path("dramatiq"), "lorasite.worker", "--processes", "1", "--threads", "1",
-                       "--queues", "gpu", "default"])
+    redis_stack.start_worker("gpu", "default")
     started = _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status != JobStatus.QUEUED, 60)
     assert started, "the job was never re-sent"
     assert _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status == JobStatus.COMPLETED, 120)
@@ -112,14 +62,13 @@ def test_messages_waiting_in_redis_are_not_sent_again(member, dataset_a, tiny_ba
     """Found by benchmarks/submit_burst.py: jobs that waited in Redis behind a busy worker for longer
     than the grace period were all sent a second time (Redis keys its messages by its own id)."""
     token = ApiToken.issue(member, "recovery")[1]
-    port = _start_web(redis_stack)
+    port = redis_stack.start_web()
     client, namespace = redis_stack.redis, redis_stack.namespace
     jobs = [_submit(port, token, dataset_a) for _ in range(2)]
     assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 2, 10)
     sent = dict(TrainingJob.objects.filter(uuid__in=jobs).values_list("uuid", "dispatch_message_id"))
     # A worker that runs the reconciler but takes nothing from the gpu queue, as when all GPUs are busy.
-    redis_stack.start([bin_path("dramatiq"), "lorasite.worker", "--processes", "1", "--threads", "1",
-                       "--queues", "default"])
+    redis_stack.start_worker("default")
     assert _wait_for(lambda: WorkerNode.objects.filter(queues=["default"]).exists(), 30)
     time.sleep(4)  # four reconciler rounds, each well past the 1 s grace
     assert client.hlen(f"{namespace}:gpu.msgs") == 2
