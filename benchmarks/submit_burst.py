@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,7 +66,6 @@ class Outcome:
     jobs: list[dict]
     messages: list[dict]
     timed_out: bool
-    extra: dict = field(default_factory=dict)
 
 
 # -- fixtures: the project's own demo seeders, once per team ----------------------------------------
@@ -145,16 +144,20 @@ def run_scenario(name: str, n_teams: int, n_submits: int, base_url: str, probe, 
     # A client that retries: the same keys again, while their jobs are still queued or running.
     replays = [Submit(team=s.team, key=s.key) for s in submits[:args.replays]]
     asyncio.run(post_all(base_url, teams, replays))
-    timed_out = not wait_finished(slugs, n_submits, args.timeout_per_job * n_submits + 60)
+    answered = {s.job_id for s in submits + replays if s.job_id}
+    timed_out = not wait_finished(slugs, len(answered), args.timeout_per_job * n_submits + 60)
     time.sleep(args.settle)  # what a last transition sends goes out just after its commit
     messages = probe.read(first_message)
     jobs = list(TrainingJob.objects.filter(team__slug__in=slugs).values(
-        "uuid", "status", "error", "queued_at", "started_at", "attempts", "idempotency_key"))
+        "status", "error", "queued_at", "started_at", "attempts"))
     return Outcome(name, submits, replays, jobs, messages, timed_out)
 
 
 # -- figures -------------------------------------------------------------------------------------------
-def figures(o: Outcome) -> dict:
+def figures(o: Outcome) -> tuple[dict, dict, list[float]]:
+    """The scenario's figures (KEYS), the details behind them, and each job's queued -> running ms.
+
+    A job made by a request that did not answer 2xx counts as a duplicate: its client would retry."""
     answered = o.submits + o.replays
     keys_answered = {s.key for s in answered if s.status in (200, 201)}
     completed = [j for j in o.jobs if j["status"] == "completed"]
@@ -162,7 +165,7 @@ def figures(o: Outcome) -> dict:
              if j["started_at"] and j["queued_at"]]
     job_messages = [m for m in o.messages if m["actor"] == "run_local_job"]
     first_by_key = {s.key: s.job_id for s in o.submits}
-    o.extra = {
+    details = {
         "replays": len(o.replays),
         "replays_200_same_job": sum(r.status == 200 and r.job_id == first_by_key[r.key] for r in o.replays),
         "status_counts": dict(Counter(s.status for s in answered)),
@@ -185,18 +188,18 @@ def figures(o: Outcome) -> dict:
         "submit_p50_ms": round(percentile([s.ms for s in o.submits], 50), 1),
         "submit_p99_ms": round(percentile([s.ms for s in o.submits], 99), 1),
         "queued_to_running_p50_ms": round(percentile(waits, 50), 1),
-    }, waits
+    }, details, waits
 
 
 def aggregate(outcomes: list[Outcome]) -> dict:
     per = {o.name: figures(o) for o in outcomes}
-    totals = {key: sum(f[key] for f, _ in per.values()) for key in KEYS[:6]}
+    totals = {key: sum(f[key] for f, _, _ in per.values()) for key in KEYS[:6]}
     submit_ms = [s.ms for o in outcomes for s in o.submits]
-    waits = [w for _, ws in per.values() for w in ws]
+    waits = [w for _, _, ws in per.values() for w in ws]
     totals.update(submit_p50_ms=round(percentile(submit_ms, 50), 1),
                   submit_p99_ms=round(percentile(submit_ms, 99), 1),
                   queued_to_running_p50_ms=round(percentile(waits, 50), 1))
-    return {**totals, "scenarios": {name: f for name, (f, _) in per.items()}}
+    return {**totals, "scenarios": {name: f for name, (f, _, _) in per.items()}}
 
 
 # -- the message log --------------------------------------------------------------------------------------
@@ -260,12 +263,12 @@ def main() -> None:
                 t0 = time.monotonic()
                 outcome = run_scenario(name, n_teams, n_submits, f"http://127.0.0.1:{port}", probe, args)
                 outcomes.append(outcome)
-                scenario, _ = figures(outcome)
-                print(f"{name}: {json.dumps(scenario)} {json.dumps(outcome.extra)} "
+                scenario, details, _ = figures(outcome)
+                print(f"{name}: {json.dumps(scenario)} {json.dumps(details)} "
                       f"wall_s={time.monotonic() - t0:.1f} load={load()}", flush=True)
                 for label, process in (("daphne", daphne), ("worker", worker)):
                     if process.poll() is not None:
-                        raise RuntimeError(f"{label} died:\n{stack.log_tail(label)}")
+                        raise RuntimeError(f"{label} exited with {process.returncode}:\n{stack.log_tail(label)}")
         except BaseException:
             for label in ("daphne", "worker"):
                 print(f"--- {label} log tail ---\n{stack.log_tail(label)}", file=sys.stderr)
