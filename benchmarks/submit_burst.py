@@ -74,13 +74,12 @@ def make_teams(prefix: str, count: int) -> list[tuple[str, str]]:
     from datasets_app import demo as dataset_demo
     from datasets_app.models import Dataset
     from lorasite.accounts.models import ApiToken, Role
-    from lorasite.accounts.services import create_team, get_or_create_user, set_membership
+    from lorasite.accounts.services import create_team, set_membership
 
     teams = []
     for index in range(count):
         team, _ = create_team(f"{prefix}-{index}", f"{prefix}-owner-{index}")
-        set_membership(team, f"{prefix}-member-{index}", Role.MEMBER)
-        member, _ = get_or_create_user(f"{prefix}-member-{index}")
+        member = set_membership(team, f"{prefix}-member-{index}", Role.MEMBER, create_user=True).user
         dataset_demo.seed_demo(team, member, io.StringIO())
         dataset = Dataset.objects.get(team=team, name=dataset_demo.NAME)
         teams.append((ApiToken.issue(member, "submit-burst")[1], str(dataset.uuid)))
