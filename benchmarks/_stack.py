@@ -99,6 +99,9 @@ class Stack(contextlib.ExitStack):
             from django.db import connections
 
             connections.close_all()
+            for conn in connections.all(initialized_only=True):
+                if getattr(conn, "close_pool", None):
+                    conn.close_pool()  # production settings pool connections: hand them all back
         import psycopg
 
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

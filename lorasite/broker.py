@@ -58,9 +58,9 @@ class MessageLedger(Middleware):
         self._held: set[str] = set()
         self._lock = threading.Lock()
 
-    def holds(self, message_id: str) -> bool:
+    def held(self) -> set[str]:
         with self._lock:
-            return message_id in self._held
+            return set(self._held)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None) -> None:
         with self._lock:
@@ -177,25 +177,29 @@ def send_on_commit(actor: dramatiq.Actor, *args: Any, **kwargs: Any) -> None:
     transaction.on_commit(lambda: actor.send(*args, **kwargs))
 
 
-def message_status(queue: str, message_id: str) -> bool | None:
-    """Whether the broker still holds this message (queued, delayed, or taken but not acknowledged):
-    True or False where the broker can tell (Redis, embedded), None where it cannot (RabbitMQ)."""
-    if not message_id:
-        return False
+def held_message_ids(queue: str) -> set[str] | None:
+    """The ids of the messages the broker still holds for `queue` (queued, delayed, or taken but not
+    acknowledged), where the broker can tell (Redis, embedded); None where it cannot (RabbitMQ)."""
     broker = get_broker()
     if isinstance(broker, StubBroker):
         ledger = next((m for m in broker.middleware if isinstance(m, MessageLedger)), None)
-        return ledger.holds(message_id) if ledger else None
+        return ledger.held() if ledger else None
     client = getattr(broker, "client", None)
     if client is None:
         return None
     namespace = getattr(broker, "namespace", "dramatiq")
+    held: set[str] = set()
     try:
-        # Redis keeps a message's body in `<ns>:<queue>.msgs` (delayed: `.DQ.msgs`) until it is acked.
-        return any(client.hexists(f"{namespace}:{name}.msgs", message_id) for name in (queue, f"{queue}.DQ"))
+        # Redis keeps a message's body in `<ns>:<queue>.msgs` (delayed: `.DQ.msgs`) until it is acked,
+        # keyed by an id of its own (`redis_message_id`, new at every enqueue), not by the message's id:
+        # the message's id is only inside the body.
+        for name in (queue, f"{queue}.DQ"):
+            for body in client.hvals(f"{namespace}:{name}.msgs"):
+                held.add(dramatiq.Message.decode(body).message_id)
     except Exception:
-        logger.warning("could not ask the broker about message %s", message_id, exc_info=True)
+        logger.warning("could not ask the broker which messages queue %s holds", queue, exc_info=True)
         return None
+    return held
 
 
 def check_broker() -> tuple[bool, str]:

@@ -101,6 +101,18 @@ def outsider(team_b):
 
 
 @pytest.fixture
+def redis_stack(settings):
+    """Start daphne and workers in production mode on Redis (see tests/services.py); all stopped after."""
+    from tests.services import RedisStack
+
+    stack = RedisStack(str(settings.LORASITE_MODELS_DIR))
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
 def api_for():
     return ApiClient
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,47 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> str:
 
 def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+class RedisStack:
+    """Production-mode processes on Redis in a namespace of their own, with a fast reconciler;
+    `close()` stops every process it started and empties the namespace."""
+
+    def __init__(self, models_dir: str, **extra: str):
+        import redis
+
+        self.redis_url = require_redis()
+        self.namespace = f"lorasite-test-{uuid.uuid4().hex[:8]}"
+        self.env = production_env(
+            REDIS_URL=self.redis_url, DRAMATIQ_NAMESPACE=self.namespace, CHANNEL_LAYER_PREFIX=self.namespace,
+            ALLOWED_HOSTS="127.0.0.1", LORASITE_MODELS_DIR=models_dir, WORKER_CHECKIN_SECONDS="1",
+            JOB_RECONCILE_SECONDS="1", JOB_RECONCILE_GRACE_SECONDS="1",
+            # 300 s is the blind re-send: everything these tests see happens long before it.
+            JOB_REDISPATCH_AFTER_SECONDS="300", OMP_NUM_THREADS="1", **extra)
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], **extra_env: str) -> subprocess.Popen:
+        self.processes.append(start_process(args, {**self.env, **extra_env}))
+        return self.processes[-1]
+
+    def start_web(self, **extra_env: str) -> int:
+        """A daphne serving the portal; returns its port once it listens."""
+        port = free_port()
+        web = self.start([bin_path("daphne"), "-b", "127.0.0.1", "-p", str(port), "lorasite.asgi:application"],
+                         **extra_env)
+        wait_for_port(port, web)
+        return port
+
+    def start_worker(self, *queues: str) -> subprocess.Popen:
+        return self.start([bin_path("dramatiq"), "lorasite.worker", "--processes", "1", "--threads", "1",
+                           "--queues", *queues])
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            log = stop_process(process, timeout=15)
+            if "Traceback" in log:
+                print(log)
+        for key in self.redis.scan_iter(f"{self.namespace}:*"):
+            self.redis.delete(key)
+        self.redis.close()

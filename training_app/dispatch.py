@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from lorasite.broker import get_broker, message_status
+from lorasite.broker import get_broker, held_message_ids
 from lorasite.core.workers import live_workers
 from training_app import lifecycle
 from training_app.backends.registry import actor_for
@@ -82,9 +82,13 @@ def reconcile_queued_jobs() -> int:
     blind = lifecycle.stale_cutoff(settings.JOB_REDISPATCH_AFTER_SECONDS)
     sent = TrainingJob.objects.filter(status=JobStatus.QUEUED, dispatched_at__lt=grace).filter(
         Q(not_before__isnull=True) | Q(not_before__lt=now))
+    held_by_queue: dict[str, set[str] | None] = {}  # one look at each queue per round
     for job in sent.only("pk", "backend", "dispatch_message_id", "dispatched_at"):
-        held = message_status(actor_for(job.backend).queue_name, job.dispatch_message_id)
-        if held is True or (held is None and job.dispatched_at >= blind):
+        queue = actor_for(job.backend).queue_name
+        if queue not in held_by_queue:
+            held_by_queue[queue] = held_message_ids(queue)
+        held = held_by_queue[queue]
+        if (held is not None and job.dispatch_message_id in held) or (held is None and job.dispatched_at >= blind):
             continue
         # Conditional: another worker's reconciler, or a claim, may have moved first.
         TrainingJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED, dispatch_message_id=job.dispatch_message_id

@@ -4,24 +4,14 @@ quickly; the job page says what a queued job waits for."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import dramatiq
 import httpx
 import pytest
-import redis
 
 from lorasite.accounts.models import ApiToken
 from lorasite.broker import build_broker, get_broker
-from tests.services import (
-    bin_path,
-    free_port,
-    production_env,
-    require_redis,
-    start_process,
-    stop_process,
-    wait_for_port,
-)
+from lorasite.core.models import WorkerNode
 from training_app.models import JobStatus, TrainingJob
 
 TINY = {"resolution": 64, "batch_size": 2, "rank": 4, "max_steps": 2}
@@ -36,51 +26,54 @@ def _wait_for(predicate, timeout):
     return False
 
 
+def _submit(port, token, dataset) -> str:
+    response = httpx.post(f"http://127.0.0.1:{port}/api/jobs", headers={"Authorization": f"Bearer {token}"},
+                          json={"dataset_id": str(dataset.uuid), "base_model": "tiny-sd15", "config": TINY},
+                          timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
-def test_a_message_lost_in_a_broker_restart_is_resent_within_seconds(member, dataset_a, tiny_base_model, settings):
-    redis_url = require_redis()
-    namespace = f"lorasite-test-{uuid.uuid4().hex[:8]}"
-    env = production_env(REDIS_URL=redis_url, DRAMATIQ_NAMESPACE=namespace, CHANNEL_LAYER_PREFIX=namespace,
-                         ALLOWED_HOSTS="127.0.0.1", LORASITE_MODELS_DIR=str(settings.LORASITE_MODELS_DIR),
-                         WORKER_CHECKIN_SECONDS="1", JOB_RECONCILE_SECONDS="1", JOB_RECONCILE_GRACE_SECONDS="1",
-                         OMP_NUM_THREADS="1")
-    # 300 s is the blind re-send; the job must start long before it.
-    env["JOB_REDISPATCH_AFTER_SECONDS"] = "300"
+def test_a_message_lost_in_a_broker_restart_is_resent_within_seconds(member, dataset_a, tiny_base_model,
+                                                                     redis_stack):
     token = ApiToken.issue(member, "recovery")[1]
-    port = free_port()
-    web = start_process([bin_path("daphne"), "-b", "127.0.0.1", "-p", str(port), "lorasite.asgi:application"], env)
-    worker = None
-    client = redis.Redis.from_url(redis_url)
-    try:
-        wait_for_port(port, web)
-        response = httpx.post(f"http://127.0.0.1:{port}/api/jobs", headers={"Authorization": f"Bearer {token}"},
-                              json={"dataset_id": str(dataset_a.uuid), "base_model": "tiny-sd15", "config": TINY},
-                              timeout=30)
-        assert response.status_code == 201, response.text
-        job_id = response.json()["id"]
-        page = httpx.get(f"http://127.0.0.1:{port}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
-        assert page.json()["waiting_for"] == "waiting for a worker on queue gpu"
-        assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 1, 10)
-        # The broker restarts without persistence: the job's message is gone, the row still says queued.
-        for key in client.scan_iter(f"{namespace}:*"):
-            client.delete(key)
-        worker = start_process([bin_path("dramatiq"), "lorasite.worker", "--processes", "1", "--threads", "1",
-                                "--queues", "gpu", "default"], env)
-        started = _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status != JobStatus.QUEUED, 60)
-        assert started, "the job was never re-sent"
-        assert _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status == JobStatus.COMPLETED, 120)
-        job = TrainingJob.objects.get(uuid=job_id)
-        assert job.attempts == 1
-    finally:
-        for process in (worker, web):
-            if process is not None:
-                log = stop_process(process, timeout=15)
-                if "Traceback" in log:
-                    print(log)
-        for key in client.scan_iter(f"{namespace}:*"):
-            client.delete(key)
-        client.close()
+    port = redis_stack.start_web()
+    client, namespace = redis_stack.redis, redis_stack.namespace
+    job_id = _submit(port, token, dataset_a)
+    page = httpx.get(f"http://127.0.0.1:{port}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
+    assert page.json()["waiting_for"] == "waiting for a worker on queue gpu"
+    assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 1, 10)
+    # The broker restarts without persistence: the job's message is gone, the row still says queued.
+    for key in client.scan_iter(f"{namespace}:*"):
+        client.delete(key)
+    redis_stack.start_worker("gpu", "default")
+    started = _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status != JobStatus.QUEUED, 60)
+    assert started, "the job was never re-sent"
+    assert _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status == JobStatus.COMPLETED, 120)
+    job = TrainingJob.objects.get(uuid=job_id)
+    assert job.attempts == 1
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_messages_waiting_in_redis_are_not_sent_again(member, dataset_a, tiny_base_model, redis_stack):
+    """Found by benchmarks/submit_burst.py: jobs that waited in Redis behind a busy worker for longer
+    than the grace period were all sent a second time (Redis keys its messages by its own id)."""
+    token = ApiToken.issue(member, "recovery")[1]
+    port = redis_stack.start_web()
+    client, namespace = redis_stack.redis, redis_stack.namespace
+    jobs = [_submit(port, token, dataset_a) for _ in range(2)]
+    assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 2, 10)
+    sent = dict(TrainingJob.objects.filter(uuid__in=jobs).values_list("uuid", "dispatch_message_id"))
+    # A worker that runs the reconciler but takes nothing from the gpu queue, as when all GPUs are busy.
+    redis_stack.start_worker("default")
+    assert _wait_for(lambda: WorkerNode.objects.filter(queues=["default"]).exists(), 30)
+    time.sleep(4)  # four reconciler rounds, each well past the 1 s grace
+    assert client.hlen(f"{namespace}:gpu.msgs") == 2
+    assert dict(TrainingJob.objects.filter(uuid__in=jobs).values_list("uuid", "dispatch_message_id")) == sent
+    assert set(TrainingJob.objects.filter(uuid__in=jobs).values_list("status", flat=True)) == {JobStatus.QUEUED}
 
 
 @pytest.mark.django_db(transaction=True)
