@@ -14,6 +14,7 @@ from lorasite.errors import InvalidInput, NotFound
 from training_app import services
 from training_app.artifacts import artifact_url, download_filename
 from training_app.backends.registry import backends_for
+from training_app.charts import downsampled_loss_points
 from training_app.dispatch import waiting_reason
 from training_app.models import Artifact, ArtifactKind, JobStatus, TrainingJob
 from training_app.presets import PRESETS
@@ -147,8 +148,6 @@ def job_action(request, job_id: UUID, payload: ActionIn):
 @router.get("/jobs/{job_id}/events", response=EventsOut)
 def job_events(request, job_id: UUID, since_step: int = Query(0, ge=0), max_points: int = Query(2000, ge=10, le=20000),
                log_lines: int = Query(200, ge=0, le=2000)):
-    from training_app.charts import downsampled_loss_points
-
     job = services.get_job(request.user, job_id)
     points = downsampled_loss_points(job, since_step=since_step, max_points=max_points)
     logs = list(job.logs.order_by("-id")[:log_lines])[::-1]
