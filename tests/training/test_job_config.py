@@ -44,13 +44,22 @@ def test_each_bad_value_gets_a_message_naming_the_field(field, value, fragment):
 
 
 PORTAL_DEFAULTS = {
-    "rank": 16, "alpha": None, "dropout": 0.0, "learning_rate": 1e-4, "text_encoder_lr": None, "optimizer": "adamw",
+    "network": "lora", "dora": False, "target_layers": "attention", "rank": 16, "alpha": None, "conv_rank": None,
+    "conv_alpha": None, "factor": -1, "dropout": 0.0, "learning_rate": 1e-4, "text_encoder_lr": None, "optimizer": "adamw",
     "lr_scheduler": "constant", "lr_warmup_steps": 0, "batch_size": 1, "gradient_accumulation_steps": 1,
     "epochs": 10, "max_steps": None, "resolution": 512, "bucketing": True, "repeats": 1, "trigger_word": "",
     "caption_dropout": 0.0, "shuffle_tags": False, "keep_tokens": 0, "noise_offset": 0.0, "min_snr_gamma": None,
-    "mixed_precision": "no", "gradient_checkpointing": False, "train_text_encoder": False, "seed": 42,
-    "save_every_n_steps": 0, "sample_every_n_steps": 0, "sample_prompts": [],
+    "mixed_precision": "no", "gradient_checkpointing": False, "train_text_encoder": False, "clip_skip": 1,
+    "seed": 42, "save_every_n_steps": 0, "sample_every_n_steps": 0, "sample_prompts": [], "log_every_n_steps": 50,
 }
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"network": "lokr", "dora": True}, "dora works with network lora or locon, not lokr"),
+    ({"target_layers": "all_linear_conv"}, "training the convolutions with LoRA is LoCon: choose network locon"),
+])
+def test_the_portal_refuses_inconsistent_networks_with_the_trainer_message(values, message):
+    assert any(message in m for m in messages(**values))
 
 
 def test_portal_keys_and_defaults_are_the_public_contract():
@@ -267,10 +276,12 @@ def test_each_table_rule_is_enforced_by_trainer_and_portal_with_one_message(spec
 
 @pytest.mark.parametrize("spec,value", BOUNDS, ids=[f"{spec.name}={value!r}"[:60] for spec, value in BOUNDS])
 def test_each_inclusive_bound_in_the_table_is_accepted_by_trainer_and_portal(spec, value):
-    assert getattr(TrainConfig.from_dict({spec.name: value}), spec.name) == value
+    # Keys whose every value is allowed only together with another key's value (a cross-field rule).
+    needs = {"sample_every_n_steps": {"sample_prompts": ["a cat"]}, "target_layers": {"network": "locon"}}
+    context = needs.get(spec.name, {})
+    assert getattr(TrainConfig.from_dict({spec.name: value, **context}), spec.name) == value
     if spec.exposed:
-        prompts = {"sample_prompts": ["a cat"]} if spec.name == "sample_every_n_steps" else {}
-        assert getattr(TrainingConfig(**{spec.name: value}, **prompts), spec.name) == value
+        assert getattr(TrainingConfig(**{spec.name: value}, **context), spec.name) == value
 
 
 def test_a_key_added_to_a_table_becomes_a_portal_field_with_its_rule():

@@ -37,6 +37,7 @@ from .export import build_metadata, save_diffusers_lora, save_kohya_lora
 from .lora import attach_lora, components, load_trainable_state_dict, peft_state_dict, trainable_state_dict
 from .losses import compute_snr, diffusion_loss, min_snr_weights
 from .models import MODEL_LOAD_LOCK, encode_prompts, load_model, sdxl_time_ids
+from .networks import describe, layouts_for
 from .noise import add_noise, offset_noise, prediction_target
 from .optim import build_lr_scheduler, build_optimizer
 from .reporter import LORA_DIFFUSERS, LORA_KOHYA, NullReporter, Reporter
@@ -303,7 +304,7 @@ class _Run:
     def execute(self) -> TrainResult:
         cfg, rep = self.cfg, self.reporter
         rep.log(
-            f"training {self.spec.model.family} LoRA rank {cfg.rank} on {len(self.images)} images, "
+            f"training {self.spec.model.family} {describe(cfg.network, cfg.dora)} rank {cfg.rank} on {len(self.images)} images, "
             f"{self.total_steps} steps on {self.device} (prediction: {self.prediction_type})"
         )
         stopped = False
@@ -389,22 +390,25 @@ class _Run:
         )
         self.kohya_path = save_kohya_lora(
             self.out / f"{self.output_name}.safetensors",
-            peft_sds,
-            self.model.family,
-            cfg.effective_alpha,
-            self.metadata,
-            self.model.unet.config.layers_per_block,
-        )
-        self.diffusers_path = save_diffusers_lora(
-            self.out / "diffusers" / "pytorch_lora_weights.safetensors",
-            peft_sds,
-            self.peft_configs,
+            self.components,
             self.model.family,
             self.metadata,
+            dict(self.model.unet.config),
         )
-        self.reporter.log(f"saved LoRA at step {self.step}: {self.kohya_path.name}, diffusers/")
+        written = [self.kohya_path.name]
+        if LORA_DIFFUSERS in layouts_for(cfg.network):
+            self.diffusers_path = save_diffusers_lora(
+                self.out / "diffusers" / "pytorch_lora_weights.safetensors",
+                peft_sds,
+                self.peft_configs,
+                self.model.family,
+                self.metadata,
+            )
+            written.append("diffusers/")
+        self.reporter.log(f"saved {describe(cfg.network, cfg.dora)} at step {self.step}: {', '.join(written)}")
         self.reporter.lora_saved(LORA_KOHYA, self.kohya_path, self.step)
-        self.reporter.lora_saved(LORA_DIFFUSERS, self.diffusers_path, self.step)
+        if self.diffusers_path is not None:
+            self.reporter.lora_saved(LORA_DIFFUSERS, self.diffusers_path, self.step)
 
     def _checkpoint_overdue(self) -> bool:
         every = self.spec.checkpoint_every_seconds
