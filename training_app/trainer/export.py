@@ -195,13 +195,14 @@ def save_diffusers_lora(
 ) -> Path:
     """Write the diffusers layout via the pipeline's own ``save_lora_weights``, adding our header keys."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors import safe_open
 
     pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs: dict[str, Any] = {}
     for component, sd in canonical_state_dicts(peft_sds).items():
-        kwargs[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(sd)
+        # peft's own key names, as diffusers' loader reads them: convert_state_dict_to_diffusers renames only
+        # the attention projections and would leave a file of mixed spellings that the loader half ignores.
+        kwargs[f"{component}_lora_layers"] = sd
         # Without this diffusers would assume alpha == rank on load.
         kwargs[f"{component}_lora_adapter_metadata"] = peft_configs[component].to_dict()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
