@@ -181,6 +181,28 @@ def test_estimate_scales_with_gpu_and_flags_memory():
     assert paid.estimated_cost_usd and paid.estimated_cost_usd > 0
 
 
+def test_estimates_follow_the_network_file_size_memory_and_time():
+    def est(**values):
+        return estimate(TrainingConfig(**values), 20, "sdxl", gpu="h100")
+
+    lora, loha, lokr, locon, dora = est(), est(network="loha", rank=8), est(network="lokr"), est(network="locon"), \
+        est(dora=True)
+    # LoHa stores two factor pairs: rank 8 is exactly the numbers of LoRA rank 16; LoKr's Kronecker factors are tiny.
+    assert loha.file_size_mb == lora.file_size_mb and lokr.file_size_mb < lora.file_size_mb / 10
+    assert locon.file_size_mb > lora.file_size_mb and lora.file_size_mb < dora.file_size_mb < 1.05 * lora.file_size_mb
+    # LoHa rebuilds a full-size update per layer each step: more memory and time than LoRA at the same size.
+    assert loha.peak_vram_gb > lora.peak_vram_gb and loha.seconds_per_step > lora.seconds_per_step
+    assert dora.seconds_per_step > lora.seconds_per_step
+    assert (lora.network, locon.network, dora.network) == ("LoRA", "LoCon", "LoRA + DoRA")
+    assert estimate(TrainingConfig(), 20, "flux").file_size_mb is None
+
+
+def test_the_style_preset_is_locon_at_a_higher_rank_and_the_others_stay_loras():
+    style = TrainingConfig(**PRESETS["style"]["config"])
+    assert (style.network, style.rank) == ("locon", 32) and style.rank > TrainingConfig().rank
+    assert all("network" not in preset["config"] for name, preset in PRESETS.items() if name != "style")
+
+
 def test_sd15_anchor_matches_the_published_figure():
     config = TrainingConfig(resolution=512, batch_size=1, rank=16, mixed_precision="bf16")
     assert estimate(config, 10, "sd15", gpu="h100").seconds_per_step == pytest.approx(0.181 * 1.0125, rel=1e-3)
@@ -194,7 +216,8 @@ def test_openapi_shows_each_estimate_field_with_its_type():
     assert types == {
         "total_steps": "integer", "image_count": "integer", "samples_per_epoch": "integer", "family": "string",
         "gpu": "string", "seconds_per_step": "number", "estimated_seconds": "number",
-        "backend_estimated_seconds": "number", "peak_vram_gb": "number", "fits_on_gpu": "boolean",
+        "backend_estimated_seconds": "number", "peak_vram_gb": "number", "network": "string",
+        "file_size_mb": ["number", "null"], "fits_on_gpu": "boolean",
         "estimated_cost_usd": ["number", "null"], "notes": "array",
     }
     assert schema["properties"]["notes"]["items"] == {"type": "string"}

@@ -102,3 +102,22 @@ def test_a_checkpoint_from_before_networks_existed_still_resumes(make_spec, tmp_
     meta_path.write_text(json.dumps(meta))
     again = train(make_spec(out=tmp_path / "b", max_steps=3, resume_from=first.checkpoint_path))
     assert again.steps_completed == 3 and len(again.losses) == 1
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("name", list(NETWORKS) + ["lokr_full"])
+def test_the_size_estimate_counts_exactly_the_numbers_the_trainer_trains(
+    make_spec, tiny_sd15: Path, tiny_sdxl: Path, tmp_path: Path, family: str, name: str
+) -> None:
+    from training_app.trainer.layer_shapes import adapter_parameters
+    from training_app.trainer.loop import _Run
+    from training_app.trainer.reporter import NullReporter
+
+    options = {"network": "lokr", "rank": 64} if name == "lokr_full" else NETWORKS[name]
+    spec = make_spec(out=tmp_path / "count", model=tiny_sdxl if family == "sdxl" else tiny_sd15, family=family,
+                     max_steps=1, **{"train_text_encoder": True, **options})
+    run = _Run(spec, NullReporter())
+    trained = sum(p.numel() for module in run.components.values() for p in module.parameters() if p.requires_grad)
+    encoders = tuple((e.config.hidden_size, e.config.intermediate_size, e.config.num_hidden_layers)
+                     for e in run.model.text_encoders)
+    assert adapter_parameters(spec.config, family, unet_config=dict(run.model.unet.config), encoders=encoders) == trained

@@ -158,7 +158,7 @@ class TrainConfig:
                          "Hadamard product, more capacity per parameter. LoKr: Kronecker product, smallest files. "
                          "A1111/Forge and ComfyUI load all four; diffusers loads LoRA and LoCon.", choices=NETWORKS)
     dora: bool = _key(False, "DoRA (weight-decomposed LoRA/LoCon): learns each output channel's magnitude apart "
-                      "from its direction; often better detail, about 10-30% slower.")
+                      "from its direction; often better detail, about 30% slower.")
     target_layers: str = _key("attention", "Layers that get adapters: attention (kohya's minimum), + feed-forward, "
                               "all linear layers, or all linear + the ResNet convolutions (LoCon, LoHa, LoKr).",
                               choices=TARGET_LAYERS)
