@@ -105,7 +105,7 @@ def test_a_checkpoint_from_before_networks_existed_still_resumes(make_spec, tmp_
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
-@pytest.mark.parametrize("name", list(NETWORKS) + ["lokr_full"])
+@pytest.mark.parametrize("name", [*NETWORKS, "lokr_full"])
 def test_the_size_estimate_counts_exactly_the_numbers_the_trainer_trains(
     make_spec, tiny_sd15: Path, tiny_sdxl: Path, tmp_path: Path, family: str, name: str
 ) -> None:
