@@ -55,11 +55,6 @@ def adapter_config(cfg: TrainConfig, target_modules: tuple[str, ...], model: Any
                       decompose_factor=cfg.factor, **common)
 
 
-def lora_config(cfg: TrainConfig, target_modules: tuple[str, ...]) -> Any:
-    """peft config for our network on the given module names (kept for callers of the LoRA-only name)."""
-    return adapter_config(cfg, target_modules)
-
-
 def _check_targets(model: Any, targets: tuple[str, ...], what: str, required: tuple[str, ...]) -> None:
     names = [n for n, _ in model.named_modules()]
     missing = [t for t in targets if t in required and not any(n == t or n.endswith("." + t) for n in names)]

@@ -100,7 +100,8 @@ def kohya_network_metadata(cfg: Any) -> dict[str, str]:
         args["dora_wd"] = "True"
         args["wd_on_output"] = "True"
     if cfg.dropout:
-        args["dropout"] = str(cfg.dropout)
+        # LoHa/LoKr take our dropout as LyCORIS' rank dropout (see lora.py).
+        args["rank_dropout" if cfg.network in ("loha", "lokr") else "dropout"] = str(cfg.dropout)
     return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
 
 
