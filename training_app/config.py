@@ -25,6 +25,7 @@ from pydantic import (
 
 from training_app.trainer.config import (
     CONFIG_FIELDS,
+    DEFAULT_TARGET_MODULES,
     MAX_SAMPLE_PROMPTS,
     MIXED_PRECISION,
     OPTIMIZERS,
@@ -32,6 +33,7 @@ from training_app.trainer.config import (
     SCHEDULERS,
     FieldSpec,
 )
+from training_app.trainer.networks import network_problems
 
 __all__ = ["MAX_SAMPLE_PROMPTS", "OPTIMIZERS", "PRECISIONS", "RANKS", "SCHEDULERS", "TrainingConfig",
            "schema_from_table", "validation_errors"]
@@ -92,6 +94,8 @@ class TrainingConfig(schema_from_table(CONFIG_FIELDS, "TrainingConfigFields")):
     def _consistent(self) -> TrainingConfig:
         if self.sample_every_n_steps and not self.sample_prompts:
             raise ValueError("sample_every_n_steps needs at least one sample prompt")
+        for _, message in network_problems(self.model_dump(), DEFAULT_TARGET_MODULES):
+            raise ValueError(message)
         return self
 
     def total_steps(self, image_count: int, repeats_total: int | None = None) -> int:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from lorasite.errors import InvalidInput
 from training_app.config import TrainingConfig
+from training_app.trainer.config import TrainConfig
+from training_app.trainer.layer_shapes import UNETS, adapter_parameters, materialised_weights
+from training_app.trainer.networks import describe
 
 # bf16, batch 1, rank 16, on an H100: a published sweep measured 0.181 s/step for SD 1.5 at 512 px
 # and 0.606 s/step for SDXL at 1024 px. Flux.1-dev (12 B parameters) from community reports, ~1.6.
@@ -26,6 +29,19 @@ WEIGHTS_GB = {"sd15": 2.1, "sdxl": 6.9, "flux": 33.0}
 # Activation memory of one sample at the anchor resolution, GB: without / with gradient checkpointing.
 ACTIVATIONS_GB = {"sd15": (3.5, 1.2), "sdxl": (14.0, 4.0), "flux": (30.0, 8.0)}
 CUDA_OVERHEAD_GB = 0.8
+# Step time of each network relative to LoRA on the same layers (benchmarks/networks.py, tiny SD 1.5, CPU,
+# medians of interleaved A/B runs; docs/benchmarks.md). LoHa, LoKr and DoRA rebuild a full-size weight per
+# layer each step, which costs relatively less on a GPU's wide matrix units: read these as upper bounds.
+# Measured ratios vs LoRA: LoCon 0.81 (with its convolutions), LoHa 0.88, LoKr 0.65, DoRA 0.73.
+NETWORK_TIME_FACTOR = {"lora": 1.0, "locon": 1.25, "loha": 1.15, "lokr": 1.5}
+DORA_TIME_FACTOR = 1.35
+# Per trainable adapter number: fp32 weight, gradient and AdamW's two moments.
+ADAPTER_BYTES = 16
+# Per number of the full-size update LoHa/LoKr rebuild each step, kept for the backward pass in fp32: LoHa keeps
+# both Hadamard factors and their product, LoKr the Kronecker product.
+MATERIALISED_BYTES = {"lora": 0, "locon": 0, "loha": 12, "lokr": 4}
+# Header of a kohya/LyCORIS safetensors file: tensor index and ss_* metadata.
+FILE_HEADER_BYTES = 60_000
 MODEL_LOAD_SECONDS = {"sd15": 20.0, "sdxl": 45.0, "flux": 120.0}
 # Paid backends, US$ per second of GPU time (published per-second pricing for these classes).
 PRICE_PER_SECOND = {"h100": 0.001525, "a100": 0.0014, "l40s": 0.000975, "t4": 0.000225}
@@ -42,6 +58,8 @@ class Estimate:
     estimated_seconds: float
     backend_estimated_seconds: float
     peak_vram_gb: float
+    network: str
+    file_size_mb: float | None  # the kohya/LyCORIS file (fp32); None where the model's layers are not known
     fits_on_gpu: bool
     estimated_cost_usd: float | None
     notes: list[str]
@@ -59,6 +77,9 @@ def seconds_per_step(config: TrainingConfig, family: str, gpu: str, tiny: bool =
     if config.train_text_encoder:
         t *= 1.15
     t *= 1 + (config.rank / 128) * 0.1  # LoRA width adds little next to the frozen base
+    t *= NETWORK_TIME_FACTOR[config.network] * (DORA_TIME_FACTOR if config.dora else 1.0)
+    if config.target_layers != "attention":
+        t *= 1.1  # more adapted layers: small next to the base model's own work
     return t * config.gradient_accumulation_steps / speed
 
 
@@ -69,10 +90,26 @@ def peak_vram_gb(config: TrainingConfig, family: str) -> float:
     activations = per_sample * (config.resolution / anchor_px) ** 2 * config.batch_size
     if config.mixed_precision == "no":
         activations *= 2
-    # LoRA params in fp32 plus AdamW's two moments: small, but grows with rank.
-    lora_gb = {"sd15": 0.05, "sdxl": 0.15, "flux": 0.3}[family] * config.rank / 16
+    if family in UNETS:
+        network = _trainer_config(config)
+        lora_gb = (adapter_parameters(network, family) * ADAPTER_BYTES
+                   + materialised_weights(network, family) * MATERIALISED_BYTES[network.network]) / 1e9
+    else:  # LoRA params in fp32 plus AdamW's two moments: small, but grows with rank.
+        lora_gb = 0.3 * config.rank / 16
     weights = WEIGHTS_GB[family] * (2 if config.mixed_precision == "no" else 1)
     return round(weights + activations + lora_gb + CUDA_OVERHEAD_GB, 1)
+
+
+def file_size_mb(config: TrainingConfig, family: str) -> float | None:
+    """Size of the kohya/LyCORIS file: every adapter number in fp32 plus the header."""
+    if family not in UNETS:
+        return None
+    return round((adapter_parameters(_trainer_config(config), family) * 4 + FILE_HEADER_BYTES) / 1e6, 1)
+
+
+def _trainer_config(config: TrainingConfig) -> TrainConfig:
+    """The trainer's view of the config (its derived values: conv rank, explicit targets)."""
+    return TrainConfig.from_dict(config.to_trainer_dict())
 
 
 def estimate(config: TrainingConfig, image_count: int, family: str, gpu: str = "h100",
@@ -115,7 +152,9 @@ def estimate(config: TrainingConfig, image_count: int, family: str, gpu: str = "
     return Estimate(
         total_steps=steps, image_count=image_count, samples_per_epoch=samples, family=family, gpu=gpu,
         seconds_per_step=round(per_step, 4), estimated_seconds=round(compute, 1),
-        backend_estimated_seconds=round(backend_total, 1), peak_vram_gb=vram, fits_on_gpu=fits,
+        backend_estimated_seconds=round(backend_total, 1), peak_vram_gb=vram,
+        network=describe(config.network, config.dora), file_size_mb=None if tiny else file_size_mb(config, family),
+        fits_on_gpu=fits,
         estimated_cost_usd=cost, notes=notes,
     )
 

@@ -9,11 +9,18 @@ from training_app.trainer.config import CONFIG_FIELDS, FieldSpec
 
 GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Network", [
+        ("network", "Network type"),
+        ("dora", "DoRA (weight decomposition)"),
+        ("target_layers", "Target modules"),
         ("rank", "Rank (dim)"),
         ("alpha", "Alpha"),
-        ("dropout", "LoRA dropout"),
+        ("conv_rank", "Conv rank (conv_dim)"),
+        ("conv_alpha", "Conv alpha"),
+        ("factor", "LoKr factor"),
+        ("dropout", "Dropout"),
         ("train_text_encoder", "Train the text encoder"),
         ("text_encoder_lr", "Text encoder learning rate"),
+        ("clip_skip", "Clip skip"),
     ]),
     ("Optimisation", [
         ("learning_rate", "Learning rate"),
@@ -43,6 +50,7 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("save_every_n_steps", "Checkpoint every N steps"),
         ("sample_every_n_steps", "Sample every N steps"),
         ("sample_prompts", "Sample prompts"),
+        ("log_every_n_steps", "Log a step line every N steps"),
     ]),
 ]
 

@@ -36,6 +36,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "lr_scheduler": "cosine_with_restarts", "lr_warmup_steps": 200, "epochs": 20,
                    "min_snr_gamma": 5.0, "noise_offset": 0.05, "save_every_n_steps": 500},
     },
+    "style": {
+        "description": "LoCon at rank 32 (convolutions at 16) on attention and feed-forward: the usual choice for "
+                       "art styles, which live in textures as much as in composition.",
+        "families": ["sd15", "sdxl"],
+        "config": {"network": "locon", "target_layers": "attention_mlp", "rank": 32, "alpha": 16, "conv_rank": 16,
+                   "conv_alpha": 8, "learning_rate": 1e-4, "text_encoder_lr": 5e-5, "lr_scheduler": "cosine",
+                   "lr_warmup_steps": 100, "epochs": 12, "min_snr_gamma": 5.0, "noise_offset": 0.05,
+                   "save_every_n_steps": 500},
+    },
     "flux": {
         "description": "Flux.1-dev LoRA at 1024², rank 16, for remote backends (ComfyUI, Replicate).",
         "families": ["flux"],

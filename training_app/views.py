@@ -27,6 +27,8 @@ from training_app.form_fields import form_groups
 from training_app.models import ArtifactKind, BackendType, JobStatus, TrainingJob
 from training_app.notifications import create_webhook, delete_webhook, team_webhooks
 from training_app.presets import FAMILY_RESOLUTIONS, PRESETS
+from training_app.trainer.networks import describe, layouts_for, loaders_for
+from training_app.trainer.reporter import LORA_LAYOUTS
 
 RECENT_FINISHED = 25
 CHART_POINTS = 2000
@@ -141,7 +143,20 @@ def job_page(request, slug: str, job_id):
                        "status": job.status},
         "config_json": json.dumps(job.config, indent=2, sort_keys=True),
         "logs": [log.line for log in job.logs.order_by("-id")[:200]][::-1],
+        "network": network_summary(job.config),
     })
+
+
+LAYOUT_WORDS = {"kohya": "kohya / LyCORIS file", "diffusers": "diffusers file"}
+
+
+def network_summary(config: dict) -> dict:
+    """What the job trains, which files it writes and what loads them (the trainer's table, no torch)."""
+    network, dora = config.get("network", "lora"), bool(config.get("dora", False))
+    layouts = layouts_for(network)
+    missing = [LAYOUT_WORDS[layout] for layout in LORA_LAYOUTS if layout not in layouts]
+    return {"name": describe(network, dora), "layouts": [LAYOUT_WORDS[layout] for layout in layouts],
+            "missing": missing, "loaders": loaders_for(network, dora)}
 
 
 @login_required

@@ -90,7 +90,7 @@ document.addEventListener("DOMContentLoaded", () => {
     notes.innerHTML = "";
     if (!response.ok) {
       const problem = await response.json().catch(() => ({}));
-      for (const key of ["total_steps", "estimated_seconds", "backend_estimated_seconds", "peak_vram_gb", "estimated_cost_usd", "formula"]) out(key).textContent = "—";
+      for (const key of ["total_steps", "estimated_seconds", "backend_estimated_seconds", "peak_vram_gb", "file_size_mb", "estimated_cost_usd", "formula"]) out(key).textContent = "—";
       const li = document.createElement("li");
       li.textContent = typeof problem.detail === "string" ? problem.detail : "Fix the highlighted settings to see an estimate.";
       notes.append(li);
@@ -105,6 +105,7 @@ document.addEventListener("DOMContentLoaded", () => {
     out("estimated_seconds").textContent = lorasiteLive.formatDuration(est.estimated_seconds);
     out("backend_estimated_seconds").textContent = lorasiteLive.formatDuration(est.backend_estimated_seconds);
     out("peak_vram_gb").textContent = `${est.peak_vram_gb} GB` + (est.fits_on_gpu ? "" : " (too much)");
+    out("file_size_mb").textContent = est.file_size_mb === null ? "—" : `${est.file_size_mb} MB (${est.network})`;
     out("estimated_cost_usd").textContent = est.estimated_cost_usd === null ? "free (own GPUs)" : `$${est.estimated_cost_usd.toFixed(2)}`;
     for (const note of est.notes) { const li = document.createElement("li"); li.textContent = note; notes.append(li); }
   }

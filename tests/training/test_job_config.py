@@ -44,13 +44,22 @@ def test_each_bad_value_gets_a_message_naming_the_field(field, value, fragment):
 
 
 PORTAL_DEFAULTS = {
-    "rank": 16, "alpha": None, "dropout": 0.0, "learning_rate": 1e-4, "text_encoder_lr": None, "optimizer": "adamw",
+    "network": "lora", "dora": False, "target_layers": "attention", "rank": 16, "alpha": None, "conv_rank": None,
+    "conv_alpha": None, "factor": -1, "dropout": 0.0, "learning_rate": 1e-4, "text_encoder_lr": None, "optimizer": "adamw",
     "lr_scheduler": "constant", "lr_warmup_steps": 0, "batch_size": 1, "gradient_accumulation_steps": 1,
     "epochs": 10, "max_steps": None, "resolution": 512, "bucketing": True, "repeats": 1, "trigger_word": "",
     "caption_dropout": 0.0, "shuffle_tags": False, "keep_tokens": 0, "noise_offset": 0.0, "min_snr_gamma": None,
-    "mixed_precision": "no", "gradient_checkpointing": False, "train_text_encoder": False, "seed": 42,
-    "save_every_n_steps": 0, "sample_every_n_steps": 0, "sample_prompts": [],
+    "mixed_precision": "no", "gradient_checkpointing": False, "train_text_encoder": False, "clip_skip": 1,
+    "seed": 42, "save_every_n_steps": 0, "sample_every_n_steps": 0, "sample_prompts": [], "log_every_n_steps": 50,
 }
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"network": "lokr", "dora": True}, "dora works with network lora or locon, not lokr"),
+    ({"target_layers": "all_linear_conv"}, "training the convolutions with LoRA is LoCon: choose network locon"),
+])
+def test_the_portal_refuses_inconsistent_networks_with_the_trainer_message(values, message):
+    assert any(message in m for m in messages(**values))
 
 
 def test_portal_keys_and_defaults_are_the_public_contract():
@@ -172,6 +181,28 @@ def test_estimate_scales_with_gpu_and_flags_memory():
     assert paid.estimated_cost_usd and paid.estimated_cost_usd > 0
 
 
+def test_estimates_follow_the_network_file_size_memory_and_time():
+    def est(**values):
+        return estimate(TrainingConfig(**values), 20, "sdxl", gpu="h100")
+
+    lora, loha, lokr, locon, dora = est(), est(network="loha", rank=8), est(network="lokr"), est(network="locon"), \
+        est(dora=True)
+    # LoHa stores two factor pairs: rank 8 is exactly the numbers of LoRA rank 16; LoKr's Kronecker factors are tiny.
+    assert loha.file_size_mb == lora.file_size_mb and lokr.file_size_mb < lora.file_size_mb / 10
+    assert locon.file_size_mb > lora.file_size_mb and lora.file_size_mb < dora.file_size_mb < 1.05 * lora.file_size_mb
+    # LoHa rebuilds a full-size update per layer each step: more memory and time than LoRA at the same size.
+    assert loha.peak_vram_gb > lora.peak_vram_gb and loha.seconds_per_step > lora.seconds_per_step
+    assert dora.seconds_per_step > lora.seconds_per_step
+    assert (lora.network, locon.network, dora.network) == ("LoRA", "LoCon", "LoRA + DoRA")
+    assert estimate(TrainingConfig(), 20, "flux").file_size_mb is None
+
+
+def test_the_style_preset_is_locon_at_a_higher_rank_and_the_others_stay_loras():
+    style = TrainingConfig(**PRESETS["style"]["config"])
+    assert (style.network, style.rank) == ("locon", 32) and style.rank > TrainingConfig().rank
+    assert all("network" not in preset["config"] for name, preset in PRESETS.items() if name != "style")
+
+
 def test_sd15_anchor_matches_the_published_figure():
     config = TrainingConfig(resolution=512, batch_size=1, rank=16, mixed_precision="bf16")
     assert estimate(config, 10, "sd15", gpu="h100").seconds_per_step == pytest.approx(0.181 * 1.0125, rel=1e-3)
@@ -185,7 +216,8 @@ def test_openapi_shows_each_estimate_field_with_its_type():
     assert types == {
         "total_steps": "integer", "image_count": "integer", "samples_per_epoch": "integer", "family": "string",
         "gpu": "string", "seconds_per_step": "number", "estimated_seconds": "number",
-        "backend_estimated_seconds": "number", "peak_vram_gb": "number", "fits_on_gpu": "boolean",
+        "backend_estimated_seconds": "number", "peak_vram_gb": "number", "network": "string",
+        "file_size_mb": ["number", "null"], "fits_on_gpu": "boolean",
         "estimated_cost_usd": ["number", "null"], "notes": "array",
     }
     assert schema["properties"]["notes"]["items"] == {"type": "string"}
@@ -267,10 +299,12 @@ def test_each_table_rule_is_enforced_by_trainer_and_portal_with_one_message(spec
 
 @pytest.mark.parametrize("spec,value", BOUNDS, ids=[f"{spec.name}={value!r}"[:60] for spec, value in BOUNDS])
 def test_each_inclusive_bound_in_the_table_is_accepted_by_trainer_and_portal(spec, value):
-    assert getattr(TrainConfig.from_dict({spec.name: value}), spec.name) == value
+    # Keys whose every value is allowed only together with another key's value (a cross-field rule).
+    needs = {"sample_every_n_steps": {"sample_prompts": ["a cat"]}, "target_layers": {"network": "locon"}}
+    context = needs.get(spec.name, {})
+    assert getattr(TrainConfig.from_dict({spec.name: value, **context}), spec.name) == value
     if spec.exposed:
-        prompts = {"sample_prompts": ["a cat"]} if spec.name == "sample_every_n_steps" else {}
-        assert getattr(TrainingConfig(**{spec.name: value}, **prompts), spec.name) == value
+        assert getattr(TrainingConfig(**{spec.name: value}, **context), spec.name) == value
 
 
 def test_a_key_added_to_a_table_becomes_a_portal_field_with_its_rule():

@@ -161,3 +161,22 @@ def test_torch_threads_can_be_set_and_a_bad_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LORASITE_TORCH_THREADS", "lots")
     with pytest.raises(BackendError, match="whole number"):
         torch_threads()
+
+
+def test_a_loha_job_from_the_api_config_writes_the_kohya_file_only_and_logs_kohya_step_lines(
+    member, dataset_a, tiny_base_model
+):
+    config = {**TINY, "max_steps": 4, "sample_every_n_steps": 0, "network": "loha", "target_layers": "all_linear_conv",
+              "conv_rank": 8, "log_every_n_steps": 2}
+    job = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config=config)
+    assert execute_job(str(job.uuid), worker_id="test-worker") == JobStatus.COMPLETED
+    kinds = set(job.artifacts.values_list("kind", flat=True))
+    assert ArtifactKind.LORA_KOHYA in kinds and ArtifactKind.LORA_DIFFUSERS not in kinds
+    lines = list(job.logs.values_list("line", flat=True))
+    assert [line.split(",")[0] for line in lines if line.startswith("steps: ")] == ["steps: 50% 2/4", "steps: 100% 4/4"]
+    from django.conf import settings
+    from safetensors import safe_open
+
+    with safe_open(str(settings.MEDIA_ROOT / job.artifacts.get(kind=ArtifactKind.LORA_KOHYA).path), "pt") as handle:
+        meta = handle.metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya" and '"algo": "loha"' in meta["ss_network_args"]

@@ -146,7 +146,7 @@ def test_weights_and_artifacts_download(api_for, member, submitted, settings):
 def test_presets_backends_and_base_models_are_listed(api_for, member, tiny_base_model):
     api = api_for(member)
     presets = {p["name"]: p for p in api.get("/api/presets").json()}
-    assert set(presets) == {"sd15", "sdxl", "fast", "high_quality", "flux"}
+    assert set(presets) == {"sd15", "sdxl", "fast", "high_quality", "style", "flux"}
     assert presets["sdxl"]["config"]["resolution"] == 1024 and presets["sd15"]["config"]["rank"] == 16
     backends = api.get("/api/backends").json()
     assert backends[0]["name"] == "local" and backends[0]["available"] is True

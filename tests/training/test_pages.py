@@ -192,3 +192,14 @@ def test_job_page_says_a_queued_job_waits_for_a_worker_on_its_queue(member, job)
     check_in(["gpu", "default"])
     page = browser(member).get(f"/teams/alpha/jobs/{job.uuid}/").content.decode()
     assert "waiting for a worker on queue gpu" not in page
+
+
+def test_job_page_says_a_loha_job_writes_only_the_kohya_file_and_what_loads_it(member, dataset_a, tiny_base_model):
+    loha = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15",
+                      config={"resolution": 64, "max_steps": 4, "network": "loha"})
+    html = browser(member).get(f"/teams/alpha/jobs/{loha.uuid}/").content.decode()
+    assert "<strong>LoHa</strong>: written as kohya / LyCORIS file; no diffusers file" in html
+    assert "<dt>ComfyUI</dt><dd>yes</dd>" in html and "no (diffusers has no LoHa loader" in html
+    lora = submit_job(member, dataset_id=dataset_a.uuid, base_model="tiny-sd15", config={"resolution": 64})
+    plain = browser(member).get(f"/teams/alpha/jobs/{lora.uuid}/").content.decode()
+    assert "<strong>LoRA</strong>: written as kohya / LyCORIS file and diffusers file." in plain

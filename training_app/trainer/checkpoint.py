@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .config import CONFIG_FIELDS
+
 CHECKPOINTS_DIR = "checkpoints"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -28,6 +30,13 @@ _NAME = re.compile(r"^step-(\d{8})$")
 
 # Changing any of these between a checkpoint and a resume would silently train something else.
 RESUME_MUST_MATCH = (
+    "network",
+    "dora",
+    "target_layers",
+    "conv_rank",
+    "conv_alpha",
+    "factor",
+    "clip_skip",
     "rank",
     "alpha",
     "target_modules",
@@ -42,6 +51,10 @@ RESUME_MUST_MATCH = (
 )
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used to resume; the message says why."""
 
@@ -51,7 +64,9 @@ def check_resumable(meta: dict[str, Any], config: dict[str, Any], family: str) -
     if meta.get("family") != family:
         raise CheckpointError(f"checkpoint is for {meta.get('family')}, this job is {family}")
     saved = meta.get("config", {})
-    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != config.get(k)]
+    # A checkpoint written before a key existed trained with that key's default.
+    defaults = {spec.name: spec.default for spec in CONFIG_FIELDS}
+    changed = [k for k in RESUME_MUST_MATCH if _plain(saved.get(k, defaults[k])) != _plain(config.get(k))]
     if changed:
         raise CheckpointError(
             f"cannot resume: these settings differ from the checkpoint: {', '.join(changed)}"

@@ -18,13 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .field_spec import FieldSpec
+from .networks import NETWORKS, TARGET_LAYERS, UNET_ATTENTION, network_problems
+
 FAMILIES = ("sd15", "sdxl")
 RANKS = (4, 8, 16, 32, 64, 128)
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "lion")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+DEFAULT_TARGET_MODULES = UNET_ATTENTION
+CLIP_SKIPS = (1, 2)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 MAX_SAMPLE_PROMPTS = 8
 MAX_STEPS = 1_000_000
@@ -32,107 +36,6 @@ MAX_STEPS = 1_000_000
 
 class TrainerConfigError(ValueError):
     """A training configuration value is invalid; the message is meant for people."""
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One config key described once: type, default, allowed values, help text, whether the portal offers it.
-
-    The trainer's checks and the portal's schema and form are all built from these, so a range, a message
-    or a help text changes in one place. Bounds use pydantic's names: ``ge``/``le`` are inclusive,
-    ``gt``/``lt`` exclusive.
-    """
-
-    name: str
-    type: Any  # a real type such as int or float | None (None allowed: "off" or "same as ...")
-    default: Any
-    help: str = ""
-    choices: tuple[Any, ...] = ()
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    multiple_of: int | None = None
-    max_length: int | None = None
-    forbidden: str = ""  # characters a string must not contain
-    hint: str = ""  # appended to the generated message, e.g. "(typical: 1e-4)"
-    message: str = ""  # replaces the generated message where that would read badly
-    exposed: bool = True  # False: a trainer-only key the portal does not offer
-
-    @property
-    def nullable(self) -> bool:
-        return type(None) in typing.get_args(self.type)
-
-    @property
-    def value_type(self) -> Any:
-        """The type without None: float for ``float | None``."""
-        if not self.nullable:
-            return self.type
-        rest = [arg for arg in typing.get_args(self.type) if arg is not type(None)]
-        return rest[0] if len(rest) == 1 else self.type
-
-    @property
-    def error_message(self) -> str:
-        """What people read when a value breaks this field's rule."""
-        if self.message:
-            return self.message
-        if self.choices:
-            rule = f"one of {', '.join(str(choice) for choice in self.choices)}"
-        elif self.value_type in (int, float):
-            rule = _range_words(self)
-        elif self.max_length is not None:
-            rule = f"at most {self.max_length} characters"
-        else:
-            rule = "valid"
-        return f"{self.name} must be {rule}" + (f" {self.hint}" if self.hint else "")
-
-    def problem(self, value: Any) -> str | None:
-        """The error message when ``value`` breaks this field's rule; None when it is allowed."""
-        if (value is None and self.nullable) or self._allows(value):
-            return None
-        return self.error_message
-
-    def _allows(self, value: Any) -> bool:
-        kind = self.value_type
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            return False
-        if kind is float and not _finite(value):
-            return False
-        if kind is str and not isinstance(value, str):
-            return False
-        if self.choices and value not in self.choices:
-            return False
-        if kind in (int, float):
-            return (
-                (self.ge is None or value >= self.ge)
-                and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le)
-                and (self.lt is None or value < self.lt)
-                and (self.multiple_of is None or value % self.multiple_of == 0)
-            )
-        if kind is str:
-            too_long = self.max_length is not None and len(value) > self.max_length
-            return not too_long and not any(char in value for char in self.forbidden)
-        return True
-
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _range_words(spec: FieldSpec) -> str:
-    """``between 1 and 64``, ``at least 0 and below 1``, ``above 0 and at most 1``, ``a multiple of 8 ...``."""
-    if spec.ge is not None and spec.le is not None:
-        words = f"between {_number(spec.ge)} and {_number(spec.le)}"
-    else:
-        low = (f"at least {_number(spec.ge)}" if spec.ge is not None
-               else f"above {_number(spec.gt)}" if spec.gt is not None else "")
-        high = (f"at most {_number(spec.le)}" if spec.le is not None
-                else f"below {_number(spec.lt)}" if spec.lt is not None else "")
-        words = " and ".join(part for part in (low, high) if part)
-    if spec.multiple_of is not None:
-        return f"a multiple of {spec.multiple_of}" + (f" {words}" if words else "")
-    return words or ("a whole number" if spec.value_type is int else "a number")
 
 
 def _key(default: Any, help: str, **rule: Any) -> Any:
@@ -151,10 +54,26 @@ class TrainConfig:
     Each field carries its rule and help text; :data:`CONFIG_FIELDS` lists them as :class:`FieldSpec`.
     """
 
+    network: str = _key("lora", "LoRA: the default. LoCon: LoRA plus the ResNet convolutions (styles). LoHa: "
+                         "Hadamard product, more capacity per parameter. LoKr: Kronecker product, smallest files. "
+                         "A1111/Forge and ComfyUI load all four; diffusers loads LoRA and LoCon.", choices=NETWORKS)
+    dora: bool = _key(False, "DoRA (weight-decomposed LoRA/LoCon): learns each output channel's magnitude apart "
+                      "from its direction; often better detail, about 30% slower.")
+    target_layers: str = _key("attention", "Layers that get adapters: attention (kohya's minimum), + feed-forward, "
+                              "all linear layers, or all linear + the ResNet convolutions (LoCon, LoHa, LoKr).",
+                              choices=TARGET_LAYERS)
     rank: int = _key(16, "LoRA capacity. 8-16 for a character or object, 32-64 for a style; bigger files, slower.",
                      choices=RANKS)
     alpha: float | None = _key(None, "Scales the update by alpha/rank. Empty: equal to rank.", gt=0, le=1024,
                                message="alpha must be a positive number up to 1024 (or empty to use the rank)")
+    conv_rank: int | None = _key(None, "Rank of the 3x3 convolutions (LoCon, or the convolution preset). Empty: "
+                                 "the rank. kohya's conv_dim; 4-16 is usual.", choices=RANKS,
+                                 message="conv_rank must be one of 4, 8, 16, 32, 64, 128 (or empty to use the rank)")
+    conv_alpha: float | None = _key(None, "Alpha of the convolutions. Empty: equal to the convolution rank.", gt=0,
+                                    le=1024, message="conv_alpha must be a positive number up to 1024 (or empty)")
+    factor: int = _key(-1, "LoKr only: the Kronecker factor; -1 splits each layer as evenly as possible, 4-16 "
+                       "gives bigger, more faithful files.", ge=-1, le=64,
+                       message="factor must be -1 (as balanced as possible) or between 1 and 64")
     dropout: float = _key(0.0, "0 to 0.5; a little (0.05-0.1) can reduce overfitting.", ge=0, lt=1)
     learning_rate: float = _key(1e-4, "1e-4 is a safe start; 1e-3 with Prodigy set to 1.", gt=0, le=1,
                                 hint="(typical: 1e-4)")
@@ -192,6 +111,8 @@ class TrainConfig:
                                 choices=MIXED_PRECISION)
     gradient_checkpointing: bool = _key(False, "Much less memory for about 30% more time (SDXL on 24 GB needs it).")
     train_text_encoder: bool = _key(False, "Helps new concepts bind to the trigger word; uses more memory.")
+    clip_skip: int = _key(1, "2 uses the text encoder's second-to-last layer, as most anime models expect (A1111's "
+                          "'Clip skip'); 1 for photographic models and SDXL.", choices=CLIP_SKIPS)
     seed: int = _key(42, "Same seed, same data, same device: the same LoRA.", ge=0, le=2**32 - 1)
     save_every_n_steps: int = _key(
         0, "Resumable checkpoints; a crashed or restarted worker resumes from the last one. 0: only at the end.",
@@ -199,12 +120,15 @@ class TrainConfig:
     sample_every_n_steps: int = _key(0, "0: no samples during training.", ge=0, le=MAX_STEPS,
                                      message=_steps_or_off("sample_every_n_steps"))
     sample_prompts: tuple[str, ...] = _key((), f"One prompt per line (up to {MAX_SAMPLE_PROMPTS}).")
+    log_every_n_steps: int = _key(50, "A kohya-style progress line in the job log every N steps (and at the end); "
+                                  "0: none.", ge=0, le=MAX_STEPS, message=_steps_or_off("log_every_n_steps"))
     # Trainer-only keys (not exposed by the portal form).
     prediction_type: str | None = _key(None, "epsilon or v_prediction; empty: from the scheduler config.",
                                        choices=PREDICTION_TYPES, exposed=False,
                                        message="prediction_type must be epsilon, v_prediction or null")
     flip_aug: bool = _key(False, "Also train on horizontally mirrored images.", exposed=False)
-    target_modules: tuple[str, ...] = _key(DEFAULT_TARGET_MODULES, "Layers that get LoRA adapters.", exposed=False)
+    target_modules: tuple[str, ...] = _key(DEFAULT_TARGET_MODULES, "Explicit UNet module names that get adapters "
+                                           "(instead of target_layers' linear preset).", exposed=False)
     sample_steps: int = _key(20, "Denoising steps per sample image.", ge=1, exposed=False)
     sample_guidance_scale: float = _key(7.0, "Classifier-free guidance scale of sample images.", exposed=False)
     cache_latents: bool = _key(True, "Encode each image with the VAE once, before training.", exposed=False)
@@ -219,6 +143,19 @@ class TrainConfig:
     def effective_alpha(self) -> float:
         """LoRA alpha actually used (``alpha`` or, when unset, ``rank``)."""
         return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def effective_conv_rank(self) -> int:
+        return self.rank if self.conv_rank is None else self.conv_rank
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        return float(self.effective_conv_rank if self.conv_alpha is None else self.conv_alpha)
+
+    @property
+    def custom_target_modules(self) -> tuple[str, ...] | None:
+        """The explicit UNet module list when it differs from the default, else None (the preset decides)."""
+        return None if self.target_modules == DEFAULT_TARGET_MODULES else self.target_modules
 
     @property
     def effective_text_encoder_lr(self) -> float:
@@ -294,10 +231,6 @@ def _check(cond: bool, message: str) -> None:
         raise TrainerConfigError(message)
 
 
-def _finite(x: float) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _validate(c: TrainConfig) -> None:
     """The table's rule for each key (the message names the key, the allowed values and the bad one)."""
     for spec in CONFIG_FIELDS:
@@ -306,6 +239,8 @@ def _validate(c: TrainConfig) -> None:
         if problem:
             raise TrainerConfigError(f"{problem}, not {value!r}")
     _check(len(c.target_modules) > 0, "target_modules must name at least one module")
+    for _, message in network_problems(dataclasses.asdict(c), DEFAULT_TARGET_MODULES):
+        raise TrainerConfigError(message)
 
 
 def _field_specs(cls: type) -> tuple[FieldSpec, ...]:

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .networks import describe, kohya_network_metadata, unet_targets
+
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 SDXL_TE_PREFIX = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 _RESNET_SGM = {
@@ -35,6 +37,10 @@ _RESNET_SGM = {
     "norm1": "in_layers.0",
     "norm2": "out_layers.0",
 }
+
+
+DORA_SCALE_RULE = ("per output channel, shape (out, 1, ...); stores m*(|W|+eps)/|W+dW| so that ComfyUI and Forge, "
+                   "which divide by the base weight's norm |W|, reproduce peft's m*(W+dW)/|W+dW|")
 
 
 class ExportError(RuntimeError):
@@ -48,17 +54,25 @@ def _sgm_resnet_rest(rest: str) -> str:
     return _RESNET_SGM[head] + ("." + tail if tail else "")
 
 
-def sdxl_unet_module_to_sgm(path: str, layers_per_block: int) -> str:
+def sdxl_unet_module_to_sgm(path: str, layers_per_block: int, up_attention: Sequence[bool] = ()) -> str:
     """Map a diffusers SDXL UNet module path to the original (sgm) naming kohya uses.
 
     ``down_blocks.b.attentions.l`` -> ``input_blocks.(1 + b*(L+1) + l).1``,
     ``mid_block.attentions.0`` -> ``middle_block.1``,
     ``up_blocks.b.attentions.l`` -> ``output_blocks.(b*(L+1) + l).1`` with
     L = layers_per_block (up blocks have L+1 layers). Resnets map to slot 0
-    with their inner layers renamed. This is the inverse of diffusers'
-    ``_maybe_map_sgm_blocks_to_diffusers``.
+    with their inner layers renamed; a down block's downsampler is the ``op``
+    of the next input block, an up block's upsampler follows its last layer
+    (slot 2 when that block has attentions, else 1: ``up_attention[b]``).
+    This is the inverse of diffusers' ``_maybe_map_sgm_blocks_to_diffusers``.
     """
     lpb = layers_per_block
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv$", path):
+        return f"input_blocks.{(int(m[1]) + 1) * (lpb + 1)}.0.op"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv$", path):
+        b = int(m[1])
+        slot = 2 if (up_attention[b] if b < len(up_attention) else True) else 1
+        return f"output_blocks.{b * (lpb + 1) + lpb}.{slot}.conv"
     if m := re.match(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", path):
         b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
         idx = 1 + b * (lpb + 1) + i
@@ -83,11 +97,23 @@ def sdxl_unet_module_to_sgm(path: str, layers_per_block: int) -> str:
     raise ExportError(f"no SDXL kohya name for UNet module {path!r}")
 
 
-def kohya_module_name(component: str, module_path: str, family: str, layers_per_block: int = 2) -> str:
+def unet_layout(unet_config: Mapping[str, Any]) -> tuple[int, tuple[bool, ...]]:
+    """``(layers_per_block, up blocks with attentions)`` from a diffusers UNet config: what sgm names need."""
+    lpb = unet_config.get("layers_per_block", 2)
+    if not isinstance(lpb, int):  # per-block tuples: kohya naming assumes one value
+        lpb = int(lpb[0])
+    up_attention = tuple("CrossAttn" in kind for kind in unet_config.get("up_block_types", ()))
+    return lpb, up_attention
+
+
+def kohya_module_name(
+    component: str, module_path: str, family: str, layers_per_block: int = 2, up_attention: Sequence[bool] = ()
+) -> str:
     """kohya LoRA module name, e.g. ``lora_unet_down_blocks_0_attentions_0_..._to_q``."""
     if family == "sdxl":
         if component == "unet":
-            return "lora_unet_" + sdxl_unet_module_to_sgm(module_path, layers_per_block).replace(".", "_")
+            sgm = sdxl_unet_module_to_sgm(module_path, layers_per_block, up_attention)
+            return "lora_unet_" + sgm.replace(".", "_")
         return SDXL_TE_PREFIX[component] + module_path.replace(".", "_")
     return KOHYA_PREFIX[component] + module_path.replace(".", "_")
 
@@ -108,26 +134,26 @@ def canonical_state_dicts(peft_sds: Mapping[str, Mapping[str, Any]]) -> dict[str
 
 
 def kohya_state_dict(
-    peft_sds: Mapping[str, Mapping[str, Any]], family: str, alpha: float, layers_per_block: int = 2
+    comps: Mapping[str, Any], family: str, unet_config: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Convert per-component peft state dicts (``...lora_A.weight``) into one kohya state dict."""
-    import torch
+    """The kohya/LyCORIS state dict of the adapters attached to ``comps`` (live modules by component).
 
+    Each adapted layer becomes ``<kohya name>.<LyCORIS suffix>`` (see ``kohya_tensors.py``).
+    """
+    from .kohya_tensors import layer_tensors
+    from .lora import adapter_layers
+
+    lpb, up_attention = unet_layout(unet_config or {})
     out: dict[str, Any] = {}
-    for component, sd in canonical_state_dicts(peft_sds).items():
-        for key, tensor in sd.items():
-            if not key.endswith(".lora_A.weight"):
-                continue
-            module = key[: -len(".lora_A.weight")]
-            up_key = module + ".lora_B.weight"
-            if up_key not in sd:
-                raise ExportError(f"{component}: {module} has lora_A but no lora_B")
-            name = kohya_module_name(component, module, family, layers_per_block)
-            if name + ".lora_down.weight" in out:
+    for component, module in comps.items():
+        for path, layer in adapter_layers(module):
+            if component != "unet" and not path.startswith("text_model."):
+                path = f"text_model.{path}"  # see canonical_text_encoder_keys
+            name = kohya_module_name(component, path, family, lpb, up_attention)
+            tensors = layer_tensors(layer)
+            if any(f"{name}.{suffix}" in out for suffix in tensors):
                 raise ExportError(f"two modules map to the same kohya name {name}")
-            out[name + ".lora_down.weight"] = tensor.contiguous()
-            out[name + ".lora_up.weight"] = sd[up_key].contiguous()
-            out[name + ".alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+            out.update({f"{name}.{suffix}": tensor for suffix, tensor in tensors.items()})
     return out
 
 
@@ -150,16 +176,13 @@ def _atomic_save(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) 
 
 def save_kohya_lora(
     path: Path,
-    peft_sds: Mapping[str, Mapping[str, Any]],
+    comps: Mapping[str, Any],
     family: str,
-    alpha: float,
     metadata: Mapping[str, str],
-    layers_per_block: int | Sequence[int] = 2,
+    unet_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the kohya/A1111 layout file (atomically) and return its path."""
-    if not isinstance(layers_per_block, int):  # per-block tuples: kohya naming assumes one value
-        layers_per_block = int(layers_per_block[0])
-    sd = kohya_state_dict(peft_sds, family, alpha, layers_per_block)
+    """Write the kohya/LyCORIS layout file (atomically) and return its path."""
+    sd = kohya_state_dict(comps, family, unet_config)
     return _atomic_save(sd, Path(path), dict(metadata))
 
 
@@ -172,13 +195,14 @@ def save_diffusers_lora(
 ) -> Path:
     """Write the diffusers layout via the pipeline's own ``save_lora_weights``, adding our header keys."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors import safe_open
 
     pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs: dict[str, Any] = {}
     for component, sd in canonical_state_dicts(peft_sds).items():
-        kwargs[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(sd)
+        # peft's own key names, as diffusers' loader reads them: convert_state_dict_to_diffusers renames only
+        # the attention projections and would leave a file of mixed spellings that the loader half ignores.
+        kwargs[f"{component}_lora_layers"] = sd
         # Without this diffusers would assume alpha == rank on load.
         kwargs[f"{component}_lora_adapter_metadata"] = peft_configs[component].to_dict()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +242,7 @@ def build_metadata(
     extra = {k: v for k, v in run_metadata.items() if k not in ("output_name", "dataset_sha256")}
     version = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
     meta = {
-        "ss_network_module": "networks.lora",
+        **kohya_network_metadata(cfg),
         "ss_network_dim": str(cfg.rank),
         "ss_network_alpha": str(cfg.effective_alpha),
         "ss_network_dropout": str(cfg.dropout),
@@ -252,12 +276,17 @@ def build_metadata(
         "ss_flip_aug": str(cfg.flip_aug),
         "ss_gradient_checkpointing": str(cfg.gradient_checkpointing),
         "ss_seed": str(cfg.seed),
+        "ss_clip_skip": str(cfg.clip_skip),
         "ss_output_name": output_name,
         "lorasite_trigger_word": cfg.trigger_word,
         "lorasite_job_id": job_id,
         "lorasite_dataset_sha256": dataset_sha256,
-        "lorasite_target_modules": ",".join(cfg.target_modules),
+        "lorasite_target_modules": ",".join(unet_targets(cfg.target_layers, cfg.network, cfg.custom_target_modules)),
+        "lorasite_network": describe(cfg.network, cfg.dora),
+        "lorasite_target_layers": cfg.target_layers,
     }
+    if cfg.dora:
+        meta["lorasite_dora_scale"] = DORA_SCALE_RULE
     for key, value in extra.items():
         meta[str(key)] = str(value)
     return meta

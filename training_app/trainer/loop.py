@@ -37,9 +37,10 @@ from .export import build_metadata, save_diffusers_lora, save_kohya_lora
 from .lora import attach_lora, components, load_trainable_state_dict, peft_state_dict, trainable_state_dict
 from .losses import compute_snr, diffusion_loss, min_snr_weights
 from .models import MODEL_LOAD_LOCK, encode_prompts, load_model, sdxl_time_ids
+from .networks import describe, layouts_for
 from .noise import add_noise, offset_noise, prediction_target
 from .optim import build_lr_scheduler, build_optimizer
-from .reporter import LORA_DIFFUSERS, LORA_KOHYA, NullReporter, Reporter
+from .reporter import LORA_DIFFUSERS, LORA_KOHYA, NullReporter, Reporter, step_line
 from .sampling import render_samples
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -168,7 +169,7 @@ class _Run:
 
             def encode(caps: list[str]) -> tuple[Any, Any]:
                 with torch.no_grad():
-                    return encode_prompts(m, caps, self.device)
+                    return encode_prompts(m, caps, self.device, cfg.clip_skip)
 
             self.text_cache = TextCache(encode)
             static = [
@@ -230,8 +231,8 @@ class _Run:
             if hit is not None:
                 return hit[0].to(self.device), None if hit[1] is None else hit[1].to(self.device)
             with torch.no_grad():
-                return encode_prompts(self.model, captions, self.device)
-        return encode_prompts(self.model, captions, self.device)
+                return encode_prompts(self.model, captions, self.device, self.cfg.clip_skip)
+        return encode_prompts(self.model, captions, self.device, self.cfg.clip_skip)
 
     def _micro_step(self) -> Any:
         import torch
@@ -303,18 +304,21 @@ class _Run:
     def execute(self) -> TrainResult:
         cfg, rep = self.cfg, self.reporter
         rep.log(
-            f"training {self.spec.model.family} LoRA rank {cfg.rank} on {len(self.images)} images, "
+            f"training {self.spec.model.family} {describe(cfg.network, cfg.dora)} rank {cfg.rank} on {len(self.images)} images, "
             f"{self.total_steps} steps on {self.device} (prediction: {self.prediction_type})"
         )
         stopped = False
         self.last_checkpoint_at = time.monotonic()  # loading and caching are not training time lost
+        self._line_started, self._line_losses = time.monotonic(), []
         while self.step < self.total_steps:
             loss = self._optimizer_step()
             self.step += 1
             self.losses.append(loss)
             self.loss_sum += loss
             self.loss_count += 1
-            rep.step(self.step, self.total_steps, loss, float(self.lr_scheduler.get_last_lr()[0]))
+            lr = float(self.lr_scheduler.get_last_lr()[0])
+            rep.step(self.step, self.total_steps, loss, lr)
+            self._progress_line(loss, lr)
             actions = rep.pending_actions()
             stopped = rep.should_stop()
             if "sample" in actions or (
@@ -351,6 +355,18 @@ class _Run:
             losses=tuple(self.losses),
         )
 
+    def _progress_line(self, loss: float, lr: float) -> None:
+        """Every ``log_every_n_steps`` (and at the last step) a kohya-style line: the interval's mean loss and speed."""
+        every = self.cfg.log_every_n_steps
+        self._line_losses.append(loss)
+        if not every or (self.step % every and self.step != self.total_steps):
+            return
+        now = time.monotonic()
+        rate = len(self._line_losses) / max(now - self._line_started, 1e-9)
+        mean = sum(self._line_losses) / len(self._line_losses)
+        self.reporter.log(step_line(self.step, self.total_steps, mean, lr, rate))
+        self._line_started, self._line_losses = now, []
+
     def _sample(self) -> None:
         prompts = list(self.cfg.sample_prompts) or [self.captions.base(self.images[0].caption) or "a photo"]
         paths = render_samples(
@@ -365,6 +381,7 @@ class _Run:
             guidance_scale=self.cfg.sample_guidance_scale,
             device=self.device,
             autocast_dtype=self.autocast_dtype if self.on_cuda else None,
+            clip_skip=self.cfg.clip_skip,
         )
         for prompt, path in zip(prompts, paths, strict=True):
             self.sample_paths.append(path)
@@ -389,22 +406,25 @@ class _Run:
         )
         self.kohya_path = save_kohya_lora(
             self.out / f"{self.output_name}.safetensors",
-            peft_sds,
-            self.model.family,
-            cfg.effective_alpha,
-            self.metadata,
-            self.model.unet.config.layers_per_block,
-        )
-        self.diffusers_path = save_diffusers_lora(
-            self.out / "diffusers" / "pytorch_lora_weights.safetensors",
-            peft_sds,
-            self.peft_configs,
+            self.components,
             self.model.family,
             self.metadata,
+            dict(self.model.unet.config),
         )
-        self.reporter.log(f"saved LoRA at step {self.step}: {self.kohya_path.name}, diffusers/")
+        written = [self.kohya_path.name]
+        if LORA_DIFFUSERS in layouts_for(cfg.network):
+            self.diffusers_path = save_diffusers_lora(
+                self.out / "diffusers" / "pytorch_lora_weights.safetensors",
+                peft_sds,
+                self.peft_configs,
+                self.model.family,
+                self.metadata,
+            )
+            written.append("diffusers/")
+        self.reporter.log(f"saved {describe(cfg.network, cfg.dora)} at step {self.step}: {', '.join(written)}")
         self.reporter.lora_saved(LORA_KOHYA, self.kohya_path, self.step)
-        self.reporter.lora_saved(LORA_DIFFUSERS, self.diffusers_path, self.step)
+        if self.diffusers_path is not None:
+            self.reporter.lora_saved(LORA_DIFFUSERS, self.diffusers_path, self.step)
 
     def _checkpoint_overdue(self) -> bool:
         every = self.spec.checkpoint_every_seconds

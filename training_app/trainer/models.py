@@ -241,24 +241,37 @@ def tokenize(tokenizer: Any, captions: list[str]) -> Any:
     ).input_ids
 
 
-def encode_prompts(model: LoadedModel, captions: list[str], device: Any) -> tuple[Any, Any | None]:
-    """Encode captions the way the family's pipeline does.
+def _final_layer_norm(encoder: Any) -> Any:
+    # transformers 5 dropped CLIPTextModel's text_model wrapper; 4.x and CLIPTextModelWithProjection keep it.
+    inner = getattr(encoder, "text_model", encoder)
+    return inner.final_layer_norm
 
-    SD 1.5: the last hidden state of the CLIP text encoder, no pooled output.
+
+def encode_prompts(
+    model: LoadedModel, captions: list[str], device: Any, clip_skip: int = 1
+) -> tuple[Any, Any | None]:
+    """Encode captions the way the family's pipeline does, ``clip_skip`` layers from the end (A1111's counting).
+
+    SD 1.5: the last hidden state of the CLIP text encoder, no pooled output; clip_skip 2 takes the
+    penultimate layer's states through the final layer norm, as A1111, kohya and diffusers do.
     SDXL: the penultimate hidden states of both encoders concatenated on the
-    feature axis, plus the projected pooled output of the second encoder
-    (used for the ``text_embeds`` added condition).
+    feature axis (clip_skip 2: one layer earlier, like diffusers' ``clip_skip=1``), plus the projected
+    pooled output of the second encoder (used for the ``text_embeds`` added condition), never skipped.
     Gradients flow when the encoders have trainable (LoRA) parameters.
     """
     if not model.is_sdxl:
         ids = tokenize(model.tokenizers[0], captions).to(device)
-        return model.text_encoders[0](ids)[0], None
+        encoder = model.text_encoders[0]
+        if clip_skip == 1:
+            return encoder(ids)[0], None
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+        return _final_layer_norm(encoder)(hidden), None
     states = []
     pooled = None
     for tok, enc in zip(model.tokenizers, model.text_encoders, strict=True):
         ids = tokenize(tok, captions).to(device)
         out = enc(ids, output_hidden_states=True)
-        states.append(out.hidden_states[-2])
+        states.append(out.hidden_states[-(clip_skip + 1)])
         pooled = out[0] if getattr(out, "text_embeds", None) is None else out.text_embeds
     import torch
 

@@ -21,6 +21,17 @@ LORA_DIFFUSERS = "diffusers"
 LORA_LAYOUTS = (LORA_KOHYA, LORA_DIFFUSERS)
 
 
+def step_line(step: int, total_steps: int, loss: float, lr: float, steps_per_second: float) -> str:
+    """``steps: 45% 450/1000, loss 0.123, lr 1.0e-4, 2.1 it/s``: what a kohya user reads in sd-scripts' bar.
+
+    The percentage is floored like tqdm's; below one step a second the speed reads ``3.2 s/it``, as there.
+    """
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    speed = f"{steps_per_second:.1f} it/s" if steps_per_second >= 1 else f"{1 / max(steps_per_second, 1e-9):.1f} s/it"
+    percent = 100 * step // max(total_steps, 1)
+    return f"steps: {percent}% {step}/{total_steps}, loss {loss:.3f}, lr {mantissa}e{int(exponent)}, {speed}"
+
+
 @runtime_checkable
 class Reporter(Protocol):
     """Callbacks a training run makes; implementations must be cheap (they run on the hot path)."""

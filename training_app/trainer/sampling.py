@@ -56,8 +56,12 @@ def render_samples(
     guidance_scale: float,
     device: str,
     autocast_dtype: Any = None,
+    clip_skip: int = 1,
 ) -> list[Path]:
-    """Render one image per prompt and save ``samples/step-00000010-0.png`` etc.; returns the paths."""
+    """Render one image per prompt and save ``samples/step-00000010-0.png`` etc.; returns the paths.
+
+    ``clip_skip`` is the training run's (A1111 counting), so samples see the text features training saw.
+    """
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,7 @@ def render_samples(
             )
             with torch.no_grad(), ctx:
                 image = pipe(
-                    prompt,
+                    **_prompt_arguments(model, prompt, clip_skip, device),
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
                     height=resolution,
@@ -100,3 +104,21 @@ def render_samples(
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
     return paths
+
+
+def _prompt_arguments(model: LoadedModel, prompt: str, clip_skip: int, device: str) -> dict[str, Any]:
+    """The pipeline's prompt arguments for ``clip_skip``.
+
+    diffusers counts skipped layers from its default (its ``clip_skip=1`` is our 2). SDXL takes that as is; the
+    SD 1.5 pipeline's own clip skip calls ``text_encoder.text_model.final_layer_norm``, which transformers 5's
+    CLIPTextModel no longer has, so SD 1.5 gets embeddings encoded by the trainer's own function instead.
+    """
+    if clip_skip == 1:
+        return {"prompt": prompt}
+    if model.is_sdxl:
+        return {"prompt": prompt, "clip_skip": clip_skip - 1}
+    from .models import encode_prompts
+
+    positive, _ = encode_prompts(model, [prompt], device, clip_skip)
+    negative, _ = encode_prompts(model, [""], device, clip_skip)
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
