@@ -1,6 +1,6 @@
-"""Remote backend figures against the loopback ComfyUI fake (tests/fakes/comfyui_server.py).
+"""Remote backend figures against the loopback fakes (tests/fakes/comfyui_server.py, replicate_server.py).
 
-    .venv/bin/python benchmarks/remote_backends.py [--images 500 --steps 200 --step-ms 50]
+    .venv/bin/python benchmarks/remote_backends.py [--images 500 --steps 200 --step-ms 50 --poll-samples 400]
 
 1. Progress delay: a ComfyUI job runs on the production stack (daphne + a `dramatiq` worker on the
    `remote` queue, Postgres, Redis); the fake records `time.time()` as it sends each `progress`
@@ -9,9 +9,13 @@
 2. Upload: a 500-image dataset (256² JPEGs + .txt captions, 1,000 requests) sent by the backend's
    client (`ComfyUIClient.upload_many`: concurrent, keep-alive) against a bare httpx loop doing the
    same multipart requests one after another on one keep-alive client; best of two each.
+3. Replicate poll overhead: what our client adds to one `GET /v1/trainings/{id}` of a finished
+   1000-step training over a bare httpx GET of the same URL (benchmarks/replicate_poll.py, whose
+   docstring says how).
 
 Needs Postgres and Redis like the other stack benchmarks. Prints ONE JSON object on its last line:
-{"comfyui_progress_p50_ms", "comfyui_progress_p99_ms", "upload_mb_per_s", "upload_ratio_vs_raw_httpx", ...}.
+{"comfyui_progress_p50_ms", "comfyui_progress_p99_ms", "upload_mb_per_s", "upload_ratio_vs_raw_httpx",
+ "replicate_poll_overhead_ms", ...}.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
 from _stack import Stack, bin_path, free_port, percentile  # noqa: E402
+from replicate_poll import measure_poll_overhead  # noqa: E402
 
 from tests.fakes.comfyui_server import Behaviour, FakeComfyUI  # noqa: E402
 
@@ -154,9 +159,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--step-ms", type=float, default=50.0)
+    parser.add_argument("--poll-samples", type=int, default=400)
     args = parser.parse_args()
     result = progress_figures(args.steps, args.step_ms)
     result.update(upload_figures(args.images))
+    poll = measure_poll_overhead(args.poll_samples)
+    result.update({"replicate_poll_overhead_ms": poll["replicate_poll_overhead_ms"],
+                   "replicate_poll_ms_p50": poll["replicate_poll_ms_p50"],
+                   "replicate_bare_get_ms_p50": poll["bare_httpx_get_ms_p50"],
+                   "replicate_poll_with_progress_overhead_ms": poll["poll_with_progress_overhead_ms"]})
     print(json.dumps(result))
 
 

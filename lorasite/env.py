@@ -44,3 +44,11 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_url(name: str, default: str = "") -> str:
+    """An http(s) URL without a trailing slash, or "" when unset."""
+    raw = os.environ.get(name, default).strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"{name} must be an http(s) URL such as https://lora.example.com, got {raw!r}")
+    return raw

@@ -7,7 +7,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from lorasite.env import env_bool, env_int, env_list, env_str
+from lorasite.env import env_bool, env_int, env_list, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("LORASITE_VAR_DIR", str(BASE_DIR / "var")))
@@ -167,6 +167,9 @@ JOB_CHECKPOINT_SECONDS = env_int("JOB_CHECKPOINT_SECONDS", 300, minimum=1)
 JOB_TIME_LIMIT_HOURS = env_int("JOB_TIME_LIMIT_HOURS", 48, minimum=1)
 # Team webhooks may not target loopback/private addresses unless the operator allows it.
 WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+# The portal's public address (https://lora.example.com). Set, remote backends that can call back
+# (Replicate) are given webhook URLs under it instead of being polled quickly.
+SITE_URL = env_url("SITE_URL")
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

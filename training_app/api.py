@@ -1,4 +1,4 @@
-"""Training endpoints: presets, estimates, base models, backends, jobs and their files."""
+"""Training endpoints: presets, estimates, base models, backends, jobs and their files, remote webhooks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
 from training_app import services
 from training_app.artifacts import artifact_url, download_filename
+from training_app.backends import replicate_hooks
 from training_app.backends.registry import backends_for
 from training_app.charts import downsampled_loss_points
 from training_app.dispatch import waiting_reason
@@ -32,6 +33,7 @@ from training_app.schemas import (
     LogLineOut,
     LossPointOut,
     PresetOut,
+    WebhookReceiptOut,
 )
 
 router = Router(tags=["training"])
@@ -198,3 +200,10 @@ def download_weights(request, job_id: UUID, layout: str = "kohya"):
         raise NotFound("This job has no LoRA file yet.")
     return _file_response(artifact)
 
+
+
+@router.post("/webhooks/replicate/{config_id}", auth=None, response=WebhookReceiptOut)
+def replicate_webhook(request, config_id: UUID):
+    """Replicate's deliveries for one backend: no user, so the account's webhook signature is the
+    authentication (a wrong, missing or stale one is a 401 that says nothing about any job)."""
+    return WebhookReceiptOut(result=replicate_hooks.receive(config_id, request.headers, request.body))

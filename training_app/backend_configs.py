@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 
 from lorasite.errors import InvalidInput, NotFound
 from training_app.backends.registry import BUILTIN, validate_options
+from training_app.backends.replicate_api import DEFAULT_BASE_URL as REPLICATE_API_URL
 from training_app.models import BackendConfig, BackendType
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -32,6 +33,8 @@ def clean(values: dict[str, Any]) -> dict[str, Any]:
     if type_ not in BackendType.values:
         errors.append({"loc": ["type"], "msg": f"type: one of {', '.join(BackendType.values)}"})
     base_url = str(values.get("base_url") or "").strip().rstrip("/")
+    if not base_url and type_ == BackendType.REPLICATE:
+        base_url = REPLICATE_API_URL
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         errors.append({"loc": ["base_url"], "msg": "base_url: an http(s) URL such as http://10.0.0.5:8188"})
@@ -40,6 +43,9 @@ def clean(values: dict[str, Any]) -> dict[str, Any]:
         # A pasted token would be stored in clear: only a variable's NAME is accepted.
         errors.append({"loc": ["token_env"], "msg": "token_env: the NAME of an environment variable "
                                                     "(A-Z, 0-9, _), never the token itself"})
+    elif not token_env and type_ == BackendType.REPLICATE:
+        errors.append({"loc": ["token_env"], "msg": "token_env: Replicate needs an API token; give the NAME of "
+                                                    "the environment variable that holds it"})
     numbers = {}
     for field, low, high, default in (("request_timeout_seconds", 1, 600, 30.0),
                                       ("overall_timeout_seconds", 60, 14 * 86400, 48 * 3600),

@@ -8,6 +8,7 @@ from lorasite.accounts.consumers import register_snapshot_part
 from lorasite.accounts.models import Team
 from lorasite.core import maintenance
 from training_app import dispatch, notifications
+from training_app.backends import replicate_hooks
 from training_app.models import ACTIVE_STATUSES, TrainingJob
 from training_app.reporting import progress_payload, publish_status
 
@@ -31,3 +32,4 @@ def register() -> None:
     register_snapshot_part("jobs", active_jobs)
     maintenance.register("training.reap_lost_jobs", dispatch.reap_lost_jobs)
     maintenance.register("training.reconcile_queued_jobs", dispatch.reconcile_queued_jobs)
+    maintenance.register("training.prune_webhook_receipts", replicate_hooks.prune_receipts)

@@ -225,6 +225,40 @@ class Artifact(models.Model):
         return f"{self.kind} {self.path}"
 
 
+class ReplicateTraining(models.Model):
+    """What the portal keeps of a job's Replicate training besides its id (`TrainingJob.remote_id`).
+
+    `input_images` is the job's own upload: unique to it, so a training whose create call timed out is
+    found by it. `latest` is the newest training JSON a webhook delivered: the worker following the job
+    reads it instead of polling Replicate. `log_cursor` says how much of the training's logs the job's
+    log already has, so a worker that re-attaches does not stream them twice."""
+
+    job = models.OneToOneField(TrainingJob, on_delete=models.CASCADE, related_name="replicate_training")
+    input_images = models.CharField(max_length=500, blank=True)
+    uploaded_at = models.DateTimeField(null=True, blank=True)
+    training_id = models.CharField(max_length=64, blank=True, db_index=True)
+    latest = models.JSONField(null=True, blank=True)
+    latest_at = models.DateTimeField(null=True, blank=True)
+    log_cursor = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.training_id or self.input_images
+
+
+class WebhookReceipt(models.Model):
+    """A remote backend's webhook delivery already handled, by its id: a retried delivery is dropped."""
+
+    backend_config = models.ForeignKey(BackendConfig, on_delete=models.CASCADE, related_name="webhook_receipts")
+    webhook_id = models.CharField(max_length=200)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["backend_config", "webhook_id"], name="unique_webhook_receipt")]
+
+    def __str__(self) -> str:
+        return self.webhook_id
+
+
 class TeamWebhook(models.Model):
     """A URL we POST to when one of the team's jobs ends, signed with the webhook's secret."""
 

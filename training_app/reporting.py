@@ -183,6 +183,13 @@ class JobReporter:
         self._pending_points, self._pending_logs, self._dirty = [], [], False
         self._last_db = self.clock()
 
+    def tick(self) -> None:
+        """Between a remote run's events: write what is due, so a run that pauses (or only logs) does not
+        leave its last step and lines unwritten until the next step."""
+        if (self._dirty or self._pending_logs or self._pending_points) and \
+                self.clock() - self._last_db >= self.db_interval:
+            self.flush()
+
     def finish(self) -> None:
         """Write and publish the last figures, whatever the throttles say."""
         self.flush()

@@ -42,6 +42,10 @@ class BackendOut(Schema):
     max_concurrent_jobs: int | None
 
 
+class WebhookReceiptOut(Schema):
+    result: str = Field(description="stored, duplicate or ignored")
+
+
 class EstimateIn(Schema):
     config: dict[str, Any] = Field(default_factory=dict)
     preset: str | None = None

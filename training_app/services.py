@@ -108,19 +108,18 @@ def _create_job(user, *, dataset_id, base_model: str, backend: str = "local", pr
     backend_impl = get_backend(backend, team)
     model = get_base_model(team, base_model)
     cfg = build_config(preset, config or {}, dataset)
-    errors = backend_impl.validate(cfg, model)
-    if errors:
-        raise InvalidInput("This backend cannot run these settings: " + "; ".join(e["msg"] for e in errors), errors)
     snapshot = build_snapshot(dataset)
     if not snapshot["images"]:
         raise InvalidInput("The dataset has no images to train on (rejected images are left out).",
                            [{"loc": ["dataset_id"], "msg": "no trainable images"}])
+    total_steps = planned_total_steps(cfg, snapshot["images"])
+    _check_backend(backend_impl, cfg, model, total_steps)
     job = TrainingJob.objects.create(
         team=team, dataset=dataset, name=name or f"{dataset.name} · {preset or 'custom'}", created_by=user,
         base_model=model, backend=backend_impl.name, preset=preset or "",
         backend_config=None if backend_impl.name in BUILTIN else find_config(team, backend_impl.name), config=cfg.model_dump(),
         snapshot=snapshot, snapshot_sha256=snapshot["sha256"], image_count=len(snapshot["images"]),
-        total_steps=planned_total_steps(cfg, snapshot["images"]), priority=priority,
+        total_steps=total_steps, priority=priority,
         idempotency_key=idempotency_key,
     )
     # The snapshot's bytes stay stored even if the dataset or its images are deleted: retries and
@@ -129,6 +128,12 @@ def _create_job(user, *, dataset_id, base_model: str, backend: str = "local", pr
     # Its job-changed event sends it to a worker after commit, if the team has a free slot.
     lifecycle.submit(job)
     return job
+
+
+def _check_backend(backend_impl, cfg: TrainingConfig, model: BaseModel, total_steps: int | None) -> None:
+    errors = backend_impl.validate(cfg, model, total_steps=total_steps)
+    if errors:
+        raise InvalidInput("This backend cannot run these settings: " + "; ".join(e["msg"] for e in errors), errors)
 
 
 def estimate_job(user, *, config: dict[str, Any], preset: str | None = None, dataset_id=None,
@@ -152,6 +157,9 @@ def estimate_job(user, *, config: dict[str, Any], preset: str | None = None, dat
         raise InvalidInput("Give a dataset_id or an image_count.", [{"loc": ["image_count"], "msg": "required"}])
     else:
         result = estimate(cfg, image_count, family or "sd15", gpu=gpu, paid=backend_impl.paid, tiny=tiny)
+    if backend_impl.paid and base_model:
+        # No price for a paid run that could not start: the same 422 the submit would give.
+        _check_backend(backend_impl, cfg, model, result.total_steps)
     # A backend that knows its own price (Replicate) says what the run costs there.
     cost = backend_impl.estimate_cost(cfg, result.total_steps, model if base_model else None)
     return dataclasses.replace(result, estimated_cost_usd=round(cost, 2)) if cost is not None else result

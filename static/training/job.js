@@ -75,6 +75,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (lines.length > 600) log.textContent = lines.slice(-500).join("\n");
     if (stick) log.scrollTop = log.scrollHeight;
   }
+  const LAYOUT_LABELS = { kohya: "Download kohya / A1111 / ComfyUI", diffusers: "Download diffusers",
+                          remote: "Download as the remote trainer wrote it" };
   async function refreshFiles() {
     const response = await fetch(root.dataset.artifactsUrl, { credentials: "same-origin" });
     if (!response.ok) return;
@@ -83,13 +85,13 @@ document.addEventListener("DOMContentLoaded", () => {
     const list = q("[data-files]");
     list.innerHTML = "";
     for (const file of files) {
-      const layout = file.kind === "lora_kohya" ? "kohya" : "diffusers";
+      const layout = { lora_kohya: "kohya", lora_remote: "remote" }[file.kind] || "diffusers";
       const li = document.createElement("li");
       const link = document.createElement("a");
       link.className = "button-link";
       link.href = `/api/jobs/${initial.job}/weights?layout=${layout}`;
       link.setAttribute("download", "");
-      link.textContent = layout === "kohya" ? "Download kohya / A1111 / ComfyUI" : "Download diffusers";
+      link.textContent = LAYOUT_LABELS[layout];
       const meta = document.createElement("span");
       meta.className = "muted small";
       meta.textContent = ` ${(file.size_bytes / 1048576).toFixed(2)} MB · sha256 ${file.sha256.slice(0, 12)}…`;

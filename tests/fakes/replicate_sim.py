@@ -216,7 +216,8 @@ class WebhookSender:
         self.mode = mode
         self.deliveries: list[Delivery] = []
         self._queue: queue.Queue[tuple[str, str, str, bytes] | None] = queue.Queue()
-        self._http = httpx.Client(timeout=httpx.Timeout(2.0), follow_redirects=False)
+        # Generous: a portal on a loaded machine may answer slowly, and a lost delivery is not what is tested.
+        self._http = httpx.Client(timeout=httpx.Timeout(10.0), follow_redirects=False)
         self._thread = threading.Thread(target=self._run, name="fake-replicate-webhooks", daemon=True)
         self._thread.start()
 

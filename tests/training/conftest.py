@@ -1,7 +1,6 @@
-"""Fixtures for the trainer tests: tiny models, a drawn dataset and spec builders.
-
-Everything is offline and tiny (64 px images, block widths 32/64) so the whole
-trainer suite stays well under a minute on two CPU cores. No Django, no DB.
+"""Fixtures for the training tests: tiny models, a drawn dataset and spec builders for the trainer (no
+Django, no DB: 64 px images, block widths 32/64, so the trainer suite stays well under a minute on
+two CPU cores), and the loopback Replicate fake with the base models a Replicate backend trains.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from PIL import Image, ImageDraw
 
+from tests.fakes.replicate_server import FakeReplicate
 from training_app.trainer.config import DatasetItem, ModelSpec, TrainConfig, TrainSpec
 
 # Shared by several test modules; small enough to train a few steps in ~0.1 s.
@@ -155,3 +155,51 @@ def model_outputs(pipe: Any) -> tuple[Any, list[Any]]:
         unet_out = pipe.unet(x, t, hidden, added_cond_kwargs=added).sample
         te_out = [e(ids)[0] for e in encs]
     return unet_out, te_out
+
+
+# -- Replicate ---------------------------------------------------------------------------------------
+REPLICATE_TOKEN_ENV = "REPLICATE_TEST_TOKEN"
+
+
+@pytest.fixture
+def fake_replicate():
+    with FakeReplicate() as fake:
+        yield fake
+
+
+@pytest.fixture
+def flux_model(db):
+    from training_app.models import BaseModel, Family
+
+    # A remote-only base model: its location is the trainer's model id, never a file here.
+    return BaseModel.objects.create(name="flux-dev", family=Family.FLUX, location="black-forest-labs/FLUX.1-dev")
+
+
+@pytest.fixture
+def sdxl_model(db):
+    from training_app.models import BaseModel, Family
+
+    return BaseModel.objects.create(name="sdxl-base", family=Family.SDXL,
+                                    location="stabilityai/stable-diffusion-xl-base-1.0")
+
+
+def add_replicate(base_url: str, *options: str, name: str = "repl", team: str = "alpha",
+                  token_env: str = REPLICATE_TOKEN_ENV, extra: tuple[str, ...] = ()) -> str:
+    """Register a Replicate backend with `manage.py add_backend`, as an operator would."""
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("add_backend", name, "--team", team, "--type", "replicate", "--base-url", base_url,
+                 "--token-env", token_env, "--option", "destination=acme/loras",
+                 *[arg for option in options for arg in ("--option", option)], *extra, stdout=out)
+    return out.getvalue().strip()
+
+
+@pytest.fixture
+def replicate_backend(fake_replicate, team_a, monkeypatch):
+    """`repl`, a team backend on the fake, polled quickly; the token is in the environment by name."""
+    monkeypatch.setenv(REPLICATE_TOKEN_ENV, fake_replicate.token)
+    add_replicate(fake_replicate.base_url, "poll_seconds=0.05")
+    return fake_replicate

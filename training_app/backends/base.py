@@ -65,7 +65,10 @@ class TrainingBackend(Protocol):
 
     def availability(self) -> Availability: ...
 
-    def validate(self, config: TrainingConfig, base_model: BaseModel) -> list[dict[str, Any]]: ...
+    def validate(self, config: TrainingConfig, base_model: BaseModel,
+                 total_steps: int | None = None) -> list[dict[str, Any]]:
+        """What this backend cannot run, as `[{"loc", "msg"}]`; `total_steps` is the planned count when known."""
+        ...
 
     def estimate_cost(self, config: TrainingConfig, total_steps: int, base_model: BaseModel | None) -> float | None:
         """US dollars a run of `total_steps` would cost; None where the backend is free."""

@@ -93,7 +93,7 @@ class ComfyUIBackend:
                 detail += f", {device['vram_free'] / 1024 ** 3:.1f} GiB free on {device.get('name') or 'its device'}"
         return Availability(True, detail, facts)
 
-    def validate(self, config: TrainingConfig, base_model) -> list[dict[str, Any]]:
+    def validate(self, config: TrainingConfig, base_model, total_steps: int | None = None) -> list[dict[str, Any]]:
         if base_model.family not in self.families:
             return [{"loc": ["base_model"], "msg": f"ComfyUI trains {', '.join(self.families)} models"}]
         checkpoint = self.options.checkpoints.get(base_model.name)

@@ -84,7 +84,7 @@ class LocalBackend:
         # The trainer writes its lines through the reporter: the job's own log is the whole story.
         return list(JobLog.objects.filter(job=job).order_by("id").values_list("line", flat=True))
 
-    def validate(self, config, base_model) -> list[dict[str, Any]]:
+    def validate(self, config, base_model, total_steps=None) -> list[dict[str, Any]]:
         errors = []
         if base_model.family not in self.families:
             errors.append({"loc": ["base_model"],

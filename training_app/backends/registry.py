@@ -17,11 +17,12 @@ from lorasite.errors import InvalidInput
 from training_app.backends.base import BackendError, TrainingBackend
 from training_app.backends.comfyui import ComfyUIBackend
 from training_app.backends.local import LocalBackend
+from training_app.backends.replicate import ReplicateBackend
 from training_app.models import BackendConfig, TrainingJob
 
 BUILTIN: dict[str, TrainingBackend] = {backend.name: backend for backend in (LocalBackend(),)}
-# type -> class taking a BackendConfig. Replicate joins here when its backend is wired.
-BACKEND_TYPES: dict[str, Any] = {"comfyui": ComfyUIBackend}
+# type -> class taking a BackendConfig.
+BACKEND_TYPES: dict[str, Any] = {"comfyui": ComfyUIBackend, "replicate": ReplicateBackend}
 REMOTE_QUEUE, REMOTE_ACTOR = "remote", "run_remote_job"
 
 
@@ -96,6 +97,7 @@ def validate_options(type_: str, options: dict[str, Any]) -> dict[str, Any]:
         return cls.Options(**(options or {})).model_dump()
     except ValidationError as exc:
         errors = [{"loc": ["options", *[str(p) for p in e["loc"]]],
-                   "msg": f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"} for e in exc.errors()]
+                   "msg": f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')}"}
+                  for e in exc.errors()]
         raise InvalidInput("The backend options are not valid: " + "; ".join(e["msg"] for e in errors),
                            errors) from None

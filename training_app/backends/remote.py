@@ -98,7 +98,9 @@ def follow(backend: RemoteBackend, job: TrainingJob, remote_id: str, reporter: A
                 reporter.log(line)
         elif isinstance(event, Finished):
             return event, cancel_sent_at is not None
-        elif not isinstance(event, Waiting):
+        elif isinstance(event, Waiting):
+            reporter.tick()
+        else:
             raise TypeError(f"unknown remote event {event!r}")
         now = time.monotonic()
         if cancel_sent_at is None and reporter.should_stop():

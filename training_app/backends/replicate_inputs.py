@@ -216,6 +216,12 @@ def parse_progress(log_text: str, total_steps: int | None, cursor: int = 0, *, f
     return LogProgress(step, loss, tuple(points), lines, end)
 
 
+def tqdm_position(line: str) -> tuple[int, int] | None:
+    """(n, total) when the line is a tqdm bar (the training loop's or any other), else None."""
+    bar = _TQDM.search(line or "")
+    return (int(bar.group(2)), int(bar.group(3))) if bar else None
+
+
 def estimate_cost(steps: int, seconds_per_step: float, price_per_second: float, *, overhead_s: float = 0.0) -> float:
     """Dollars for a training: (steps × seconds per step + start-up overhead) × the hardware's price."""
     for name, value in (("steps", steps), ("seconds_per_step", seconds_per_step),

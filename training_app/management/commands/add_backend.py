@@ -1,4 +1,4 @@
-"""`manage.py add_backend NAME --team SLUG --type comfyui|replicate --base-url URL [--token-env VAR]
+"""`manage.py add_backend NAME --team SLUG --type comfyui|replicate [--base-url URL] [--token-env VAR]
 [--option KEY=VALUE ...]`: register a remote backend (prints its name only, for scripts)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         scope.add_argument("--team", help="slug of the team that owns it")
         scope.add_argument("--global", dest="global_", action="store_true", help="offer it to every team")
         parser.add_argument("--type", required=True, choices=BackendType.values)
-        parser.add_argument("--base-url", required=True)
+        parser.add_argument("--base-url", default="", help="the server's URL (Replicate: https://api.replicate.com)")
         parser.add_argument("--token-env", default="", help="NAME of the environment variable holding the token")
         parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="e.g. checkpoints.sd15-base=v1-5-pruned-emaonly.safetensors (repeatable)")
