@@ -23,7 +23,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 PREFIX = "v2:"  # older values (16 hex digits of a dHash) parse as None and take no part
 _SIDE = 25  # the greyscale copy: 24 steps across each of its 25 rows, and down each of its 25 columns
@@ -57,10 +57,9 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Signature:
-    rising: int  # strong steps to brighter, a bit per cell of both directions' grids
-    falling: int  # strong steps to darker
-    near_rising: int  # cells within one cell of a step to brighter of either strength
-    near_falling: int
+    # A bit per cell of both directions' grids, for steps to brighter, then again for steps to darker.
+    strong: int  # strong steps
+    far: int  # cells with no step of that sign, of either strength, within one cell
     strong_count: int
     colours: bytes  # 6×6 cells × (Y, Cb, Cr)
 
@@ -88,24 +87,45 @@ def _grow(mask: int) -> int:
     return _grow_grid(mask & _FULL) | (_grow_grid(mask >> _CELLS) << _CELLS)
 
 
-def _bits(flags) -> int:
-    return int("".join("1" if flag else "0" for flag in flags)[::-1], 2)
+def _steps(grey: Image.Image) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(size, rise, fall) of each step to the right neighbour, as 24×25 images: Pillow does the
+    arithmetic, which is ~10× faster than Python loops over the 1,200 steps (ingest runs it per image)."""
+    left, right = grey.crop((0, 0, _COLS, _ROWS)), grey.crop((1, 0, _SIDE, _ROWS))
+    return ImageChops.difference(right, left), ImageChops.subtract(right, left), ImageChops.subtract(left, right)
+
+
+def _above(images: tuple[Image.Image, Image.Image], threshold: float) -> int:
+    """Bit per cell of both direction's grids (cell k of the first image is bit k): value > threshold."""
+    table = [49 if value > threshold else 48 for value in range(256)]  # b"1" and b"0"
+    return int((images[0].point(table).tobytes() + images[1].point(table).tobytes())[::-1], 2)
+
+
+def _level(histogram: list[int], share_above: float) -> int:
+    """The grey step that `share_above` of the steps (counted in `histogram`) exceed, as sorting them
+    and taking the one at that rank would give."""
+    rank, seen = int(sum(histogram) * (1 - share_above)), 0
+    for value, count in enumerate(histogram):
+        seen += count
+        if seen > rank:
+            return value
+    return 255  # pragma: no cover - the counts always reach the rank
 
 
 def signature(img: Image.Image) -> str:
     """The stored signature of `img` (in practice its 256 px thumbnail): PREFIX + base64."""
-    p = img.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BOX).tobytes()
-    steps = [p[r * _SIDE + c + 1] - p[r * _SIDE + c] for r in range(_ROWS) for c in range(_COLS)]
-    steps += [p[(r + 1) * _SIDE + c] - p[r * _SIDE + c] for c in range(_ROWS) for r in range(_COLS)]
-    sizes = sorted(abs(step) for step in steps)
-    strong = max(_STRONG_FLOOR, _STRONG_OF_MEAN * sum(sizes) / len(sizes),
-                 sizes[int(len(sizes) * (1 - _STRONG_SHARE))])
-    weak = min(strong, max(strong * _WEAK_OF_STRONG, sizes[int(len(sizes) * (1 - _EDGE_SHARE))]))
-    strong_cells = _bits(abs(step) > strong for step in steps)
-    rising = _bits(step > weak for step in steps)
-    falling = _bits(step < -weak for step in steps)
-    colours = img.convert("YCbCr").resize((_COLOUR_SIDE, _COLOUR_SIDE), Image.Resampling.BOX).tobytes()
-    data = b"".join(mask.to_bytes(_MASK_BYTES, "big") for mask in (strong_cells, rising, falling)) + colours
+    grey = img.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BOX)
+    # Down steps are the across steps of the transposed copy, so both grids share one layout.
+    across, down = _steps(grey), _steps(grey.transpose(Image.Transpose.TRANSPOSE))
+    histogram = [a + b for a, b in zip(across[0].histogram(), down[0].histogram(), strict=True)]
+    mean = sum(value * count for value, count in enumerate(histogram)) / (2 * _CELLS)
+    strong = max(_STRONG_FLOOR, _STRONG_OF_MEAN * mean, _level(histogram, _STRONG_SHARE))
+    weak = min(strong, max(strong * _WEAK_OF_STRONG, _level(histogram, _EDGE_SHARE)))
+    masks = (_above((across[0], down[0]), strong), _above((across[1], down[1]), weak),
+             _above((across[2], down[2]), weak))
+    # The mean colour of each cell, then YCbCr: the same as converting first (the conversion is
+    # linear), for the cost of converting 36 pixels instead of the thumbnail.
+    colours = img.convert("RGB").resize((_COLOUR_SIDE, _COLOUR_SIDE), Image.Resampling.BOX).convert("YCbCr")
+    data = b"".join(mask.to_bytes(_MASK_BYTES, "big") for mask in masks) + colours.tobytes()
     return PREFIX + base64.b64encode(data).decode("ascii")
 
 
@@ -121,14 +141,14 @@ def parse(text: str) -> Signature | None:
         return None
     strong, rising, falling = (int.from_bytes(data[k * _MASK_BYTES:(k + 1) * _MASK_BYTES], "big")
                                for k in range(3))
-    return Signature(rising=strong & rising, falling=strong & falling, near_rising=_grow(rising),
-                     near_falling=_grow(falling), strong_count=strong.bit_count(),
-                     colours=data[3 * _MASK_BYTES:])
+    width = 2 * _CELLS  # one sign's bits
+    near = _grow(rising) | (_grow(falling) << width)
+    return Signature(strong=(strong & rising) | ((strong & falling) << width), far=~near & ((1 << 2 * width) - 1),
+                     strong_count=strong.bit_count(), colours=data[3 * _MASK_BYTES:])
 
 
 def _unmatched_edges(a: Signature, b: Signature) -> int:
-    return (((a.rising & ~b.near_rising) | (a.falling & ~b.near_falling)).bit_count()
-            + ((b.rising & ~a.near_rising) | (b.falling & ~a.near_falling)).bit_count())
+    return (a.strong & b.far).bit_count() + (b.strong & a.far).bit_count()
 
 
 def _changed_cells(a: Signature, b: Signature) -> int:
@@ -150,7 +170,10 @@ def colour_change(a: Signature, b: Signature) -> float:
 
 
 def is_near_duplicate(a: Signature, b: Signature, rule: Rule) -> bool:
-    # The edge test is a few integer operations; the colour loop runs only for the few that pass it.
-    if _unmatched_edges(a, b) * 100 > rule.edge_percent * (a.strong_count + b.strong_count):
+    # A few integer operations on 2,400-bit masks, stopping early: ingest compares each new image
+    # with every image of the dataset. The colour loop runs only for the few pairs that pass.
+    allowed = rule.edge_percent * (a.strong_count + b.strong_count)
+    unmatched = (a.strong & b.far).bit_count() * 100
+    if unmatched > allowed or unmatched + (b.strong & a.far).bit_count() * 100 > allowed:
         return False
     return _changed_cells(a, b) * 100 <= rule.colour_percent * _COLOUR_CELLS

@@ -1,8 +1,8 @@
 """A labelled set for near-duplicate detection, generated with Pillow on every run (no files).
 
-Groups of images: each base picture (the 12 demo shapes, drawn scenes, photo-like pictures) with
-the copies a user makes by accident and expects us to notice (re-encodes, PNG↔JPEG, resizes,
-small crops, a slight brightness change). Two images of the same group must match. Images of
+Groups of images: each base picture (the 12 demo shapes, single shapes moved or resized, drawn
+scenes, photo-like pictures, textures) with the copies a user makes by accident and expects us to
+notice (re-encodes, PNG↔JPEG, resizes, small crops, a slight brightness change). Two images of the same group must match. Images of
 different groups must not: other shapes, colours and scenes, and mirrored pictures, which are
 their own group (a mirror is a deliberate edit, often made to balance a pose; see docs/datasets.md);
 only clearly lopsided pictures are mirrored, since a nearly symmetric one mirrored is the same picture.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
@@ -195,11 +195,16 @@ def labelled_set(drawn: int = 24, photos: int = 24, textures: int = 12, seed: in
 
 
 def score(samples: list[Sample], rule: Rule, limits: Limits | None = None) -> dict:
-    """Precision and recall of `rule` on the labelled pairs, with signatures made by the upload
-    path itself (`inspect_image`): each original with each of its copies must match; any two
-    samples of different groups must not."""
+    """Precision and recall of `rule` on the labelled pairs, with signatures made by the upload path
+    itself (`inspect_image`)."""
     limits = limits or Limits()
     signatures = [parse(inspect_image(sample.data, limits).phash) for sample in samples]
+    return score_with(samples, signatures, lambda a, b: is_near_duplicate(a, b, rule))
+
+
+def score_with(samples: list[Sample], signatures: list, matches: Callable[[object, object], bool]) -> dict:
+    """Score any signature and rule: each original with each of its copies must match; any two
+    samples of different groups must not."""
     matched, positives = Counter(), Counter()
     false_positives, confused = Counter(), Counter()
     demo_false_positives = negatives = 0
@@ -209,10 +214,10 @@ def score(samples: list[Sample], rule: Rule, limits: Limits | None = None) -> di
             if a.group == b.group:
                 if a.transform == "original":
                     positives[b.transform] += 1
-                    matched[b.transform] += is_near_duplicate(signatures[i], signatures[j], rule)
+                    matched[b.transform] += matches(signatures[i], signatures[j])
                 continue
             negatives += 1
-            if is_near_duplicate(signatures[i], signatures[j], rule):
+            if matches(signatures[i], signatures[j]):
                 mirrored = a.group.removesuffix("-mirrored") == b.group.removesuffix("-mirrored")
                 false_positives["mirrored" if mirrored else "different"] += 1
                 confused[f"{a.group} ~ {b.group}"] += 1
