@@ -45,8 +45,9 @@ class DatasetImageAdmin(admin.ModelAdmin):
     actions = ["approve", "reject"]
     inlines = [CaptionHistoryInline]
     fields = ["preview", "dataset", "original_name", "caption", "review_state", "repeats", "reviewed_by",
-              "reviewed_at", "sha256", "phash", "near_duplicate_of", "width", "height", "format", "size_bytes"]
-    readonly_fields = ["preview", "dataset", "original_name", "reviewed_by", "reviewed_at", "sha256", "phash",
+              "reviewed_at", "sha256", "near_duplicate_of", "width", "height", "format", "size_bytes"]
+    # phash is left out: an opaque 531-character signature tells an admin nothing.
+    readonly_fields = ["preview", "dataset", "original_name", "reviewed_by", "reviewed_at", "sha256",
                        "near_duplicate_of", "width", "height", "format", "size_bytes"]
 
     @admin.display(description="Image")

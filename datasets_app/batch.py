@@ -31,6 +31,7 @@ class Prepared:
     image: DatasetImage
     caption_user: object = None
     near_uuid: str | None = None
+    stored: bool = False  # its row and files are committed (a failed write leaves a stale pk behind)
 
 
 class BatchWriter:
@@ -66,9 +67,11 @@ class BatchWriter:
                 except Exception:
                     self._report_failure(item)
                 else:
+                    item.stored = True
                     self.on_added(item)
         else:
             for item in items:
+                item.stored = True
                 self.on_added(item)
 
     def _report_failure(self, item: Prepared) -> None:

@@ -20,6 +20,8 @@ from django.utils import timezone
 
 from datasets_app.batch import BatchWriter, Prepared
 from datasets_app.models import Dataset, DatasetImage, ReviewState
+from datasets_app.near_duplicates import Rule, Signature, is_near_duplicate
+from datasets_app.near_duplicates import parse as parse_signature
 from datasets_app.validation import (
     InspectedImage,
     Limits,
@@ -39,6 +41,11 @@ logger = logging.getLogger(__name__)
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 # Written by macOS and Windows file managers into archives and folders; never images, never useful.
 _IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+def near_duplicate_rule() -> Rule:
+    return Rule(edge_percent=settings.DATASET_NEAR_DUPLICATE_EDGE_PERCENT,
+                colour_percent=settings.DATASET_NEAR_DUPLICATE_COLOUR_PERCENT)
 
 
 def limits_from_settings() -> Limits:
@@ -165,11 +172,12 @@ def ingest_entries(dataset: Dataset, entries: Iterable[Entry], user=None, limits
     report = IngestReport()
     images, captions = _split_captions(list(entries))
     known = dict(DatasetImage.objects.filter(dataset=dataset).values_list("sha256", "uuid"))
-    # (hash as int, the image's pk or its still-pending Prepared, uuid) for near-duplicate checks.
-    hashes: list[tuple[int, object, object]] = [
-        (int(h, 16), pk, uuid) for h, pk, uuid in
-        DatasetImage.objects.filter(dataset=dataset).exclude(phash="").values_list("phash", "pk", "uuid")]
-    threshold = settings.DATASET_NEAR_DUPLICATE_DISTANCE
+    # (signature, the image's pk or its still-pending Prepared, uuid) for near-duplicate checks.
+    signatures: list[tuple[Signature, object, object]] = [
+        (signature, pk, uuid) for text, pk, uuid in
+        DatasetImage.objects.filter(dataset=dataset).exclude(phash="").values_list("phash", "pk", "uuid")
+        if (signature := parse_signature(text)) is not None]
+    rule = near_duplicate_rule()
     used_captions: set[str] = set()
 
     def added(item: Prepared) -> None:
@@ -210,18 +218,10 @@ def ingest_entries(dataset: Dataset, entries: Iterable[Entry], user=None, limits
                                      original_name=Path(entry.path).name)
             used_captions.add(caption_key)
             item = _prepare(dataset, user, entry.name, data, sha, inspected, meta)
-            phash = int(inspected.phash, 16)
-            near = next(((target, uuid) for h, target, uuid in hashes if (h ^ phash).bit_count() <= threshold),
-                        None)
-            if near is not None:
-                target, item.near_uuid = near[0], str(near[1])
-                if isinstance(target, Prepared):
-                    if writer.is_pending(target):
-                        writer.flush()  # the row it points at must exist first
-                    target = target.image.pk
-                item.image.near_duplicate_of_id = target
+            signature = parse_signature(inspected.phash)
+            _flag_near_duplicate(item, signature, signatures, rule, writer)
             known[sha] = item.image.uuid
-            hashes.append((phash, item, item.image.uuid))
+            signatures.append((signature, item, item.image.uuid))
             writer.add(item)
         except Rejected as exc:
             report.rejected.append({"name": entry.name, "reason": exc.reason})
@@ -236,6 +236,23 @@ def ingest_entries(dataset: Dataset, entries: Iterable[Entry], user=None, limits
         if key not in used_captions:
             report.rejected.append({"name": entry.name, "reason": "caption file with no image of the same name"})
     return report
+
+
+def _flag_near_duplicate(item: Prepared, signature: Signature, signatures: list[tuple[Signature, object, object]],
+                         rule: Rule, writer: BatchWriter) -> None:
+    """Point `item` at the first earlier image it looks like. One still pending is written first (the
+    row it points at must exist); one whose write failed has no row and is passed over."""
+    for other, target, uuid in signatures:
+        if not is_near_duplicate(signature, other, rule):
+            continue
+        if isinstance(target, Prepared):
+            if writer.is_pending(target):
+                writer.flush()
+            if not target.stored:
+                continue
+            target = target.image.pk
+        item.image.near_duplicate_of_id, item.near_uuid = target, str(uuid)
+        return
 
 
 def _split_captions(entries: list[Entry]) -> tuple[list[Entry], dict[str, Entry]]:

@@ -70,8 +70,10 @@ class DatasetImage(models.Model):
     # PROTECT: a blob goes away only through the reference-counting path in storage.py.
     blob = models.ForeignKey(StoredBlob, on_delete=models.PROTECT, related_name="images")
     sha256 = models.CharField(max_length=64)
-    phash = models.CharField(max_length=16, blank=True, default="",
-                             help_text="64-bit difference hash in hex; a small Hamming distance means near-duplicate.")
+    # Room for a later signature format without widening the column again.
+    phash = models.CharField(max_length=1024, blank=True, default="",
+                             help_text="Perceptual signature (near_duplicates.signature: edge map and colour "
+                                       "layout of the thumbnail); blank or an older format takes no part.")
     near_duplicate_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
                                           related_name="near_duplicates")
     width = models.PositiveIntegerField()

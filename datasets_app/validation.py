@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datasets_app.imaging import make_thumbnail
+from datasets_app.near_duplicates import signature
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tiff"}
@@ -62,7 +63,7 @@ class InspectedImage:
     width: int
     height: int
     thumbnail_jpeg: bytes
-    phash: str
+    phash: str  # near_duplicates.signature of the thumbnail
 
     @property
     def extension(self) -> str:
@@ -126,7 +127,7 @@ DECODES = PixelBudget()
 
 
 def inspect_image(data: bytes, limits: Limits) -> InspectedImage:
-    """Validate `data` as an accepted image and make its thumbnail and perceptual hash.
+    """Validate `data` as an accepted image and make its thumbnail and perceptual signature.
 
     The pixel limit is checked from the header, before any pixel is decoded, so a small file that
     claims to be 100k×100k never allocates its pixels. A full decode then catches truncation.
@@ -164,7 +165,7 @@ def inspect_image(data: bytes, limits: Limits) -> InspectedImage:
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=85)
     return InspectedImage(format=fmt, width=width, height=height,
-                          thumbnail_jpeg=buffer.getvalue(), phash=difference_hash(thumb))
+                          thumbnail_jpeg=buffer.getvalue(), phash=signature(thumb))
 
 
 def _check_pixels(width: int, height: int, limits: Limits) -> None:
@@ -184,25 +185,6 @@ def _apply_orientation(img: Image.Image) -> Image.Image:
     if orientation in (None, 1):
         return img.copy() if img.format in ("GIF", "TIFF") else img
     return ImageOps.exif_transpose(img)
-
-
-def difference_hash(img: Image.Image) -> str:
-    """64-bit dHash: whether each pixel of a 9×8 greyscale copy is brighter than its right neighbour.
-
-    Robust to rescaling, recompression and small colour shifts, which is what near-duplicates are.
-    """
-    small = img.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
-    pixels = small.tobytes()
-    bits = 0
-    for row in range(8):
-        for col in range(8):
-            left, right = pixels[row * 9 + col], pixels[row * 9 + col + 1]
-            bits = (bits << 1) | (1 if left > right else 0)
-    return f"{bits:016x}"
-
-
-def hamming(a: str, b: str) -> int:
-    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 # --- archives -------------------------------------------------------------------------------------

@@ -219,4 +219,12 @@ DATASET_MAX_ARCHIVE_BYTES = env_int("DATASET_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1
 DATASET_MAX_ARCHIVE_MEMBERS = env_int("DATASET_MAX_ARCHIVE_MEMBERS", 10_000, minimum=1)
 DATASET_MAX_ARCHIVE_TOTAL_BYTES = env_int("DATASET_MAX_ARCHIVE_TOTAL_BYTES", 4 * 1024 * 1024 * 1024, minimum=1)
 DATASET_MAX_MEMBER_RATIO = env_int("DATASET_MAX_MEMBER_RATIO", 200, minimum=1)
-DATASET_NEAR_DUPLICATE_DISTANCE = env_int("DATASET_NEAR_DUPLICATE_DISTANCE", 6, minimum=0)
+# Near-duplicates (datasets_app/near_duplicates.py): the share of strong edges left unmatched, and of
+# colour cells changed, that two images may have and still be flagged as near-duplicates.
+DATASET_NEAR_DUPLICATE_EDGE_PERCENT = env_int("DATASET_NEAR_DUPLICATE_EDGE_PERCENT", 8, minimum=0)
+DATASET_NEAR_DUPLICATE_COLOUR_PERCENT = env_int("DATASET_NEAR_DUPLICATE_COLOUR_PERCENT", 15, minimum=0)
+if env_str("DATASET_NEAR_DUPLICATE_DISTANCE"):
+    # It counted bits of the 64-bit hash that was replaced; silently ignoring it would hide that.
+    raise ImproperlyConfigured("DATASET_NEAR_DUPLICATE_DISTANCE is no longer used: near-duplicates are now tuned "
+                               "with DATASET_NEAR_DUPLICATE_EDGE_PERCENT and DATASET_NEAR_DUPLICATE_COLOUR_PERCENT "
+                               "(see docs/datasets.md)")
