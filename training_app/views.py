@@ -210,7 +210,9 @@ def compare(request, slug: str):
     for job in selected:
         points = downsampled_loss_points(job, max_points=800)
         sample = job.artifacts.filter(kind=ArtifactKind.SAMPLE).select_related("job").order_by("-step").first()
-        series.append({"id": str(job.uuid), "name": job.name, "points": [[p.step, p.loss] for p in points],
+        short_id = job.uuid.hex[:8]
+        series.append({"id": str(job.uuid), "name": job.name, "short_id": short_id, "label": f"{job.name} · {short_id}",
+                       "points": [[p.step, p.loss] for p in points],
                        "sample": artifact_url(sample) if sample else None, "config": job.config,
                        "status": job.status})
     return render(request, "training/compare.html", {"team": team, "role": role, "jobs": jobs,

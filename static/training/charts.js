@@ -60,7 +60,7 @@
     const style = getComputedStyle(box);
     return Math.max(200, Math.floor(box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)));
   }
-  function lossChart(el, { logScale = false, series = null, yFormat = number, height = 260 } = {}) {
+  function lossChart(el, { logScale = false, series = null, yFormat = number, height = 260, legend = true } = {}) {
     const axisColour = css("--muted") || "#888";
     const grid = { stroke: css("--border") };
     const y = { stroke: axisColour, grid, size: 64, values: recordTicks(el, "yTicks", yFormat) };
@@ -73,16 +73,18 @@
       width: contentWidth(el), height,
       scales: { x: { time: false }, y: logScale ? { distr: 3, range: logRange } : { distr: 1 } },
       axes, series: [{ label: "step", value: (u, v) => (v === null ? "--" : String(v)) }, ...lines],
-      legend: { live: true },
+      legend: { show: legend, live: true },
     };
     const plot = new uPlot(opts, [[], ...lines.map(() => [])], el);
     el.uplot = plot;
     new ResizeObserver(() => plot.setSize({ width: contentWidth(el), height })).observe(el.parentElement);
     return plot;
   }
-  // Compare: one colour and one dash per run, so identical curves still show as two.
+  // Compare: one colour and one dash per run, earlier runs drawn wider underneath, so identical
+  // curves still show as two (no point markers: they would cover the dashes).
   function runStyle(i) {
-    return { stroke: PALETTE[i % PALETTE.length], dash: DASHES[i % DASHES.length], width: 2 };
+    return { stroke: PALETTE[i % PALETTE.length], dash: DASHES[i % DASHES.length], width: Math.max(1.5, 4 - i),
+             points: { show: false } };
   }
   window.lorasiteCharts = { ema, lossChart, number, runStyle };
 })();
