@@ -146,12 +146,11 @@ class JobReporter:
     def progress(self, step: int, total_steps: int) -> None:
         """A step count without a loss (remote trainers that report only how far they are)."""
         now = self.clock()
-        if self._start_step is None:
-            self._start_step, self._start = step - 1, now
         job = self.job
         job.step, job.total_steps = step, total_steps
-        done, elapsed = step - self._start_step, now - self._start
-        job.eta_seconds = round(elapsed / done * (total_steps - step), 1) if done > 0 and elapsed > 0 else None
+        # The same smoothing as local steps; several steps per report count as that many.
+        self._pace = eta.advance_pace(self._pace, step, now)
+        job.eta_seconds = eta.eta_seconds(self._pace, total_steps)
         self._dirty = True
         # Published before the database write: a remote step is already late by the network hop.
         if now - self._last_publish >= self.publish_interval or step == total_steps:

@@ -12,7 +12,7 @@ def flag_demo_models(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0003_dispatch_once_idempotency'),
+        ('training', '0005_backend_config'),
     ]
 
     operations = [
