@@ -162,7 +162,7 @@ def tiny_base_model(db):
     from training_app.models import BaseModel, Family
 
     path = _tiny_model_dir("sd15")
-    return BaseModel.objects.create(name="tiny-sd15", family=Family.SD15, location=str(path))
+    return BaseModel.objects.create(name="tiny-sd15", family=Family.SD15, location=str(path), random_weights=True)
 
 
 _TINY_CACHE: dict[str, object] = {}

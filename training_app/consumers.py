@@ -11,7 +11,7 @@ from lorasite.realtime import RelayConsumer, job_group
 from training_app.artifacts import artifact_url
 from training_app.charts import downsampled_loss_points
 from training_app.models import ArtifactKind, TrainingJob
-from training_app.reporting import progress_payload
+from training_app.reporting import phase_state, progress_payload
 
 SNAPSHOT_POINTS = 1000
 
@@ -51,6 +51,8 @@ class JobConsumer(RelayConsumer):
             "type": "snapshot",
             "status": job.status,
             "error": job.error or None,
+            "attempts": job.attempts,
+            "phase": phase_state(job),
             "loss_points": [[p.step, p.loss, p.lr] for p in points],
             "samples": [{"step": a.step, "url": artifact_url(a), "prompt": a.prompt} for a in samples],
             "logs": [log.line for log in job.logs.order_by("-id")[:100]][::-1],

@@ -24,6 +24,7 @@ def ensure_tiny_models(out=None) -> list[BaseModel]:
                 out.write(f"built tiny {family} model in {name}/")
         model, _ = BaseModel.objects.update_or_create(
             name=name, defaults={"family": family, "location": name, "team": None, "enabled": True,
+                                 "random_weights": True,
                                  "description": f"Tiny random-weight {family.upper()}-shaped model for demos and tests"},
         )
         models.append(model)

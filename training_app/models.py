@@ -29,6 +29,8 @@ class BaseModel(models.Model):
     team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE,
                              related_name="base_models")
     enabled = models.BooleanField(default=True)
+    random_weights = models.BooleanField(
+        default=False, help_text="A model with untrained weights (the demo's tiny models): its samples are noise")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -116,6 +118,8 @@ class TrainingJob(models.Model):
     avg_loss = models.FloatField(null=True, blank=True)
     lr = models.FloatField(null=True, blank=True)
     eta_seconds = models.FloatField(null=True, blank=True)
+    phase = models.JSONField(default=dict, blank=True,
+                             help_text="What the run is doing: {name, done, total}, e.g. caching latents 3 of 8")
     error = models.TextField(blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)

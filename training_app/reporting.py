@@ -2,7 +2,9 @@
 
 The database stays the source of truth, written at a bounded rate (every `db_interval` seconds);
 websocket progress is published at most `publish_interval` apart (10 a second by default) and the
-final figures are always sent, so a client never ends on a stale step.
+final figures are always sent, so a client never ends on a stale step. Each progress message carries
+the loss points of every step since the previous one, so a live chart misses none. Before training,
+the phase (loading model, caching latents n/N, ...) is kept on the job row, logged and published.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from lorasite.realtime import job_group, publish, team_group
+from training_app import eta
 from training_app.artifacts import (
     LORA_ARTIFACT_KINDS,
     artifact_url,
@@ -24,12 +27,15 @@ from training_app.artifacts import (
     record_artifact,
     store_sample,
 )
+from training_app.charts import downsample
 from training_app.models import ArtifactKind, JobLog, JobStatus, LossPoint, TrainingJob
 
 logger = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 2000
 AVG_WINDOW = 50
+# Points one progress message carries at most (a very fast run is thinned, keeping its shape).
+LIVE_POINTS_PER_MESSAGE = 300
 
 
 def progress_payload(job: TrainingJob) -> dict[str, Any]:
@@ -41,7 +47,22 @@ def progress_payload(job: TrainingJob) -> dict[str, Any]:
 
 
 def status_payload(job: TrainingJob) -> dict[str, Any]:
-    return {"type": "status", "job": str(job.uuid), "status": job.status, "error": job.error or None}
+    return {"type": "status", "job": str(job.uuid), "status": job.status, "error": job.error or None,
+            "attempts": job.attempts}
+
+
+def phase_label(phase: dict[str, Any]) -> str:
+    """'caching latents 3/8', 'loading model'; '' for no phase. The page shows this text as is."""
+    name = phase.get("name") or ""
+    total = phase.get("total") or 0
+    return f"{name} {phase.get('done') or 0}/{total}" if name and total else name
+
+
+def phase_state(job: TrainingJob) -> dict[str, Any]:
+    """The job's phase as pages and the websocket snapshot get it, label included."""
+    phase = job.phase or {}
+    return {"name": phase.get("name", ""), "done": phase.get("done", 0), "total": phase.get("total", 0),
+            "label": phase_label(phase)}
 
 
 def publish_to_job_and_team(job: TrainingJob, payload: dict[str, Any]) -> None:
@@ -64,12 +85,14 @@ class JobReporter:
         self.db_interval = db_interval
         self.control_interval = control_interval
         self.clock = clock
-        self._start = clock()
-        self._start_step: int | None = None
+        self._first_step: int | None = None
         self._last_publish = -1e9
         self._last_db = clock()
         self._last_control = -1e9
+        self._last_phase_publish = -1e9
+        self._pace = eta.StepPace()
         self._pending_points: list[LossPoint] = []
+        self._unpublished_points: list[list[float]] = []
         self._drop_points_from: int | None = None
         self._pending_logs: list[JobLog] = []
         self._window: deque[float] = deque(maxlen=AVG_WINDOW)
@@ -77,25 +100,43 @@ class JobReporter:
         self.taken_over = False  # the job is no longer this worker's (not a cancel: leave the remote run alone)
         self._actions: frozenset[str] = frozenset()
         self._dirty = False
+        self._phase_dirty = False
         self._lora_files: dict[str, Path] = {}
         self.published_progress = 0
 
     # -- trainer callbacks -------------------------------------------------------------------
+    def phase(self, name: str, done: int = 0, total: int = 0) -> None:
+        """Kept on the job row (a page that connects later sees it), logged when it starts, published
+        at the progress rate; the start and the end of a phase are always written and sent."""
+        now = self.clock()
+        job = self.job
+        started = (job.phase or {}).get("name") != name
+        job.phase = {"name": name, "done": int(done), "total": int(total)}
+        self._phase_dirty = True
+        if started:
+            self.log(f"{phase_label(job.phase)}…")
+        boundary = started or (total and done >= total)
+        if boundary or now - self._last_phase_publish >= self.publish_interval:
+            self._last_phase_publish = now
+            publish(job_group(job.uuid), {"type": "phase", "job": str(job.uuid), **phase_state(job)})
+        if boundary or now - self._last_db >= self.db_interval:
+            self.flush()
+
     def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
         now = self.clock()
-        if self._start_step is None:
-            # A resumed run starts mid-way: the ETA is based on this run's own pace.
-            self._start_step, self._start = step - 1, now
+        if self._first_step is None:
+            self._first_step = step
             # Points from this step on were drawn by a dead attempt past its last checkpoint.
             self._drop_points_from = step
         job = self.job
         self._window.append(float(loss))
         job.step, job.total_steps, job.loss, job.lr = step, total_steps, float(loss), float(lr)
         job.avg_loss = sum(self._window) / len(self._window)
-        done = step - self._start_step
-        elapsed = now - self._start
-        job.eta_seconds = round(elapsed / done * (total_steps - step), 1) if done > 0 and elapsed > 0 else None
+        # A resumed run starts mid-way: the ETA follows this run's own pace, smoothed (see eta.py).
+        self._pace = eta.advance_pace(self._pace, step, now)
+        job.eta_seconds = eta.eta_seconds(self._pace, total_steps)
         self._pending_points.append(LossPoint(job=job, step=step, loss=float(loss), lr=float(lr), at=timezone.now()))
+        self._unpublished_points.append([step, float(loss), float(lr)])
         self._dirty = True
         if now - self._last_db >= self.db_interval:
             self.flush()
@@ -105,12 +146,11 @@ class JobReporter:
     def progress(self, step: int, total_steps: int) -> None:
         """A step count without a loss (remote trainers that report only how far they are)."""
         now = self.clock()
-        if self._start_step is None:
-            self._start_step, self._start = step - 1, now
         job = self.job
         job.step, job.total_steps = step, total_steps
-        done, elapsed = step - self._start_step, now - self._start
-        job.eta_seconds = round(elapsed / done * (total_steps - step), 1) if done > 0 and elapsed > 0 else None
+        # The same smoothing as local steps; several steps per report count as that many.
+        self._pace = eta.advance_pace(self._pace, step, now)
+        job.eta_seconds = eta.eta_seconds(self._pace, total_steps)
         self._dirty = True
         # Published before the database write: a remote step is already late by the network hop.
         if now - self._last_publish >= self.publish_interval or step == total_steps:
@@ -167,10 +207,10 @@ class JobReporter:
         """Write progress, loss points and logs; refresh the heartbeat while at it."""
         job = self.job
         with transaction.atomic():
-            if self._dirty:
+            if self._dirty or self._phase_dirty:
                 TrainingJob.objects.filter(pk=job.pk, worker_id=self.worker_id).update(
                     step=job.step, total_steps=job.total_steps, loss=job.loss, avg_loss=job.avg_loss, lr=job.lr,
-                    eta_seconds=job.eta_seconds, heartbeat_at=timezone.now(),
+                    eta_seconds=job.eta_seconds, phase=job.phase, heartbeat_at=timezone.now(),
                 )
             if self._drop_points_from is not None:
                 LossPoint.objects.filter(job=job, step__gte=self._drop_points_from).delete()
@@ -180,7 +220,7 @@ class JobReporter:
             if self._pending_logs:
                 JobLog.objects.bulk_create(self._pending_logs)
                 _trim_logs(job)
-        self._pending_points, self._pending_logs, self._dirty = [], [], False
+        self._pending_points, self._pending_logs, self._dirty, self._phase_dirty = [], [], False, False
         self._last_db = self.clock()
 
     def tick(self) -> None:
@@ -198,7 +238,12 @@ class JobReporter:
     def _publish_progress(self, now: float) -> None:
         self._last_publish = now
         self.published_progress += 1
-        publish_to_job_and_team(self.job, progress_payload(self.job))
+        payload = progress_payload(self.job)
+        # The dashboard shows the figures; only the job page draws the curve.
+        publish(team_group(self.job.team.uuid), payload)
+        points = downsample(self._unpublished_points, LIVE_POINTS_PER_MESSAGE, lambda p: p[1])
+        self._unpublished_points = []
+        publish(job_group(self.job.uuid), {**payload, "points": points})
 
     def _poll_control(self) -> None:
         now = self.clock()

@@ -6,7 +6,7 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -19,7 +19,7 @@ from lorasite.accounts.services import remove_membership, set_membership
 from lorasite.core.workers import live_workers
 from lorasite.errors import DomainError, InvalidInput, NotFound
 from training_app import backend_configs, services
-from training_app.artifacts import artifact_url
+from training_app.artifacts import artifact_url, download_filename
 from training_app.backends.registry import backends_for
 from training_app.charts import downsampled_loss_points
 from training_app.dispatch import waiting_reason
@@ -27,11 +27,16 @@ from training_app.form_fields import form_groups
 from training_app.models import ArtifactKind, BackendType, JobStatus, TrainingJob
 from training_app.notifications import create_webhook, delete_webhook, team_webhooks
 from training_app.presets import FAMILY_RESOLUTIONS, PRESETS
+from training_app.reporting import phase_state
 from training_app.trainer.networks import describe, layouts_for, loaders_for
 from training_app.trainer.reporter import LORA_LAYOUTS
 
 RECENT_FINISHED = 25
 CHART_POINTS = 2000
+# LoRA downloads in the order the job page lists them, with the button's words.
+LORA_DOWNLOADS = ((ArtifactKind.LORA_KOHYA, "kohya", "Download kohya / A1111 / ComfyUI"),
+                  (ArtifactKind.LORA_DIFFUSERS, "diffusers", "Download diffusers"),
+                  (ArtifactKind.LORA_REMOTE, "remote", "Download as the remote trainer wrote it"))
 
 
 def _team(request, slug: str, needed: Role = Role.VIEWER):
@@ -124,21 +129,32 @@ def _clone_values(request, team) -> dict:
             "backend": job.backend, "preset": job.preset, "config": job.config, "name": f"{job.name} (copy)"}
 
 
+def lora_downloads(job: TrainingJob, artifacts) -> list[dict]:
+    """The job's LoRA files as its page lists them, on a fresh load and after a live update alike."""
+    by_kind = {a.kind: a for a in artifacts}
+    return [{"label": label, "url": f"/api/jobs/{job.uuid}/weights?layout={layout}", "layout": layout,
+             "filename": download_filename(by_kind[kind]), "size_bytes": by_kind[kind].size_bytes,
+             "sha256": by_kind[kind].sha256}
+            for kind, layout, label in LORA_DOWNLOADS if kind in by_kind]
+
+
 @login_required
 def job_page(request, slug: str, job_id):
     team, role = _team(request, slug)
     job = _job(request, team, job_id)
     artifacts = list(job.artifacts.select_related("job"))
+    files = lora_downloads(job, artifacts)
+    if request.GET.get("fragment") == "files":
+        return render(request, "training/_job_files.html", {"job": job, "files": files})
     # A grid by step, then prompt (the order the trainer renders them in).
     samples = sorted((a for a in artifacts if a.kind == ArtifactKind.SAMPLE), key=lambda a: (a.step or 0, a.path))
-    files = [a for a in artifacts
-             if a.kind in (ArtifactKind.LORA_KOHYA, ArtifactKind.LORA_DIFFUSERS, ArtifactKind.LORA_REMOTE)]
     points = downsampled_loss_points(job, max_points=CHART_POINTS)
     return render(request, "training/job.html", {
         "team": team, "role": role, "job": job, "can_train": role.allows(Role.MEMBER), "files": files,
         "samples": [{"step": a.step, "url": artifact_url(a), "prompt": a.prompt} for a in samples],
         "queue_position": services.queue_position(job),
         "waiting_for": waiting_reason(job),
+        "phase": phase_state(job),
         "chart_data": {"points": [[p.step, p.loss, p.lr] for p in points], "job": str(job.uuid),
                        "status": job.status},
         "config_json": json.dumps(job.config, indent=2, sort_keys=True),
@@ -159,23 +175,42 @@ def network_summary(config: dict) -> dict:
             "missing": missing, "loaders": loaders_for(network, dora)}
 
 
+def _control(user, job: TrainingJob, action: str) -> str:
+    """Do a job page button's action; returns what to tell the person."""
+    if action == "cancel":
+        job = services.cancel_job(user, job.uuid)
+        if job.status == JobStatus.CANCELLING:
+            return "Cancelling: the trainer stops at its next step and saves what it has."
+        return "Cancelled."
+    if action == "retry":
+        services.retry_job(user, job.uuid)
+        return "Back in the queue: it resumes from its last checkpoint."
+    if action in ("sample", "save"):
+        services.request_action(user, job.uuid, action)
+        return f"The trainer will {action} at its next step."
+    raise Http404()
+
+
 @login_required
 @require_POST
 def job_control(request, slug: str, job_id, action: str):
+    """The job page's buttons. A plain form post redirects back with a message; the page's script
+    asks for JSON and updates itself in place."""
     team, _ = _team(request, slug, needed=Role.MEMBER)
     job = _job(request, team, job_id)
+    wants_json = "application/json" in request.headers.get("Accept", "")
     try:
-        if action == "cancel":
-            services.cancel_job(request.user, job.uuid)
-        elif action == "retry":
-            services.retry_job(request.user, job.uuid)
-        elif action in ("sample", "save"):
-            services.request_action(request.user, job.uuid, action)
-            messages.success(request, f"The trainer will {action} at its next step.")
-        else:
-            raise Http404()
+        message = _control(request.user, job, action)
     except DomainError as exc:
+        if wants_json:
+            return JsonResponse({"detail": exc.message}, status=exc.status)
         messages.error(request, exc.message)
+    else:
+        if wants_json:
+            job.refresh_from_db()
+            return JsonResponse({"message": message, "status": job.status, "error": job.error or None,
+                                 "attempts": job.attempts})
+        messages.success(request, message)
     return redirect("training:job", slug=team.slug, job_id=job.uuid)
 
 
@@ -190,7 +225,9 @@ def compare(request, slug: str):
     for job in selected:
         points = downsampled_loss_points(job, max_points=800)
         sample = job.artifacts.filter(kind=ArtifactKind.SAMPLE).select_related("job").order_by("-step").first()
-        series.append({"id": str(job.uuid), "name": job.name, "points": [[p.step, p.loss] for p in points],
+        short_id = job.uuid.hex[:8]
+        series.append({"id": str(job.uuid), "name": job.name, "short_id": short_id, "label": f"{job.name} · {short_id}",
+                       "points": [[p.step, p.loss] for p in points],
                        "sample": artifact_url(sample) if sample else None, "config": job.config,
                        "status": job.status})
     return render(request, "training/compare.html", {"team": team, "role": role, "jobs": jobs,

@@ -30,7 +30,7 @@ document.addEventListener("DOMContentLoaded", () => {
       setField(row, "step", msg.step);
       setField(row, "total_steps", msg.total_steps);
       setField(row, "avg_loss", msg.avg_loss === null ? "—" : msg.avg_loss.toFixed(4));
-      setField(row, "eta", lorasiteLive.formatDuration(msg.eta_seconds));
+      setField(row, "eta", msg.eta_seconds === null ? "estimating…" : lorasiteLive.formatDuration(msg.eta_seconds));
     },
   });
 });

@@ -150,6 +150,7 @@ def test_a_member_trains_from_the_browser_and_an_outsider_sees_nothing(browser, 
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url("**/teams/alpha/jobs/*/")
     page.locator("[data-status]", has_text="running").wait_for(timeout=60_000)
+    page.once("dialog", lambda dialog: dialog.accept())  # "Cancel this training?"
     page.get_by_role("button", name="Cancel").click()
     page.locator("[data-status]", has_text="cancelled").wait_for(timeout=60_000)
     second = TrainingJob.objects.exclude(pk=job.pk).get()

@@ -120,7 +120,8 @@ async def test_job_socket_sends_a_snapshot_then_live_messages(running_job, membe
     assert [p[0] for p in snapshot["loss_points"]] == [1, 2] and snapshot["step"] == 2
     await database_sync_to_async(lifecycle.request_cancel)(running_job.pk)
     message = await ws.receive_json_from(timeout=2)
-    assert message == {"type": "status", "job": str(running_job.uuid), "status": "cancelling", "error": None}
+    assert message == {"type": "status", "job": str(running_job.uuid), "status": "cancelling", "error": None,
+                       "attempts": 1}
     await ws.disconnect()
 
 

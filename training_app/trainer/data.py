@@ -298,8 +298,14 @@ class LatentCache:
         assert self.cache_dir is not None
         return self.cache_dir / f"{self._key(im, flip)}.safetensors"
 
-    def build(self, encode: Callable[[Any], tuple[Any, Any]], log: Callable[[str], None]) -> None:
-        """Encode every (image, flip) not cached yet; ``encode`` maps pixels (1,3,H,W) -> (mean, std)."""
+    def build(
+        self,
+        encode: Callable[[Any], tuple[Any, Any]],
+        log: Callable[[str], None],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Encode every (image, flip) not cached yet; ``encode`` maps pixels (1,3,H,W) -> (mean, std).
+        ``progress`` hears how many (image, flip) pairs are done, encoded or reused, after each one."""
         from safetensors.torch import load_file, save_file
 
         if self.cache_dir is not None:
@@ -313,6 +319,8 @@ class LatentCache:
                         try:
                             load_file(str(path))
                             reused += 1
+                            if progress is not None:
+                                progress(encoded + reused)
                             continue
                         except Exception:  # a torn write from a killed run: re-encode
                             path.unlink(missing_ok=True)
@@ -325,6 +333,8 @@ class LatentCache:
                     tmp = path.with_suffix(".tmp")
                     save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
                     tmp.replace(path)
+                if progress is not None:
+                    progress(encoded + reused)
         where = "memory" if self.cache_dir is None else str(self.cache_dir)
         log(f"latent cache: {encoded} encoded, {reused} reused ({where})")
 

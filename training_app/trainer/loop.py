@@ -40,7 +40,17 @@ from .models import MODEL_LOAD_LOCK, encode_prompts, load_model, sdxl_time_ids
 from .networks import describe, layouts_for
 from .noise import add_noise, offset_noise, prediction_target
 from .optim import build_lr_scheduler, build_optimizer
-from .reporter import LORA_DIFFUSERS, LORA_KOHYA, NullReporter, Reporter, step_line
+from .reporter import (
+    LORA_DIFFUSERS,
+    LORA_KOHYA,
+    PHASE_CACHING_LATENTS,
+    PHASE_CACHING_TEXT,
+    PHASE_LOADING_MODEL,
+    PHASE_TRAINING,
+    NullReporter,
+    Reporter,
+    step_line,
+)
 from .sampling import render_samples
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,7 +74,10 @@ def train(spec: TrainSpec, reporter: Reporter | None = None) -> TrainResult:
     Returns when ``total_steps`` are done or ``reporter.should_stop()`` said so;
     in both cases a checkpoint and both LoRA files are written first.
     """
-    return _Run(spec, reporter or NullReporter()).execute()
+    reporter = reporter or NullReporter()
+    # First, before torch is imported: on a cold worker that import alone takes seconds.
+    reporter.phase(PHASE_LOADING_MODEL)
+    return _Run(spec, reporter).execute()
 
 
 class _Run:
@@ -163,7 +176,10 @@ class _Run:
         if cfg.cache_latents:
             cache_dir = self.out / "cache" / "latents" if cfg.cache_to_disk else None
             self.latent_cache = LatentCache(self.images, self.flips, module_fingerprint(m.vae), cache_dir)
-            self.latent_cache.build(self._vae_distribution, self.reporter.log)
+            count = len(self.images) * len(self.flips)
+            self.reporter.phase(PHASE_CACHING_LATENTS, 0, count)
+            self.latent_cache.build(self._vae_distribution, self.reporter.log,
+                                    progress=lambda done: self.reporter.phase(PHASE_CACHING_LATENTS, done, count))
         self.text_cache: TextCache | None = None
         if not cfg.train_text_encoder:
 
@@ -178,7 +194,10 @@ class _Run:
                 if self.captions.is_static(im.caption)
                 for v in self.captions.variants(im.caption)
             ]
+            distinct = len(set(static))
+            self.reporter.phase(PHASE_CACHING_TEXT, 0, distinct)
             self.text_cache.precompute(static)
+            self.reporter.phase(PHASE_CACHING_TEXT, distinct, distinct)
             self.reporter.log(f"text cache: {len(self.text_cache)} caption embeddings")
 
     def _vae_distribution(self, pixels: Any) -> tuple[Any, Any]:
@@ -307,6 +326,7 @@ class _Run:
             f"training {self.spec.model.family} {describe(cfg.network, cfg.dora)} rank {cfg.rank} on {len(self.images)} images, "
             f"{self.total_steps} steps on {self.device} (prediction: {self.prediction_type})"
         )
+        rep.phase(PHASE_TRAINING, self.step, self.total_steps)
         stopped = False
         self.last_checkpoint_at = time.monotonic()  # loading and caching are not training time lost
         self._line_started, self._line_losses = time.monotonic(), []

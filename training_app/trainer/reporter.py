@@ -5,6 +5,8 @@ portal. ``should_stop`` and ``pending_actions`` are polled once per optimizer
 step, so a "stop", "sample now" or "save now" button takes effect at the next
 step boundary. The trainer says what it wrote (each sample with its prompt,
 each LoRA file with its layout), so a reporter never has to guess file names.
+Before the first step it says which phase it is in (``phase``): loading and
+caching can take longer than the training itself, and a page should say so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ ACTIONS = frozenset({"sample", "save"})
 LORA_KOHYA = "kohya"
 LORA_DIFFUSERS = "diffusers"
 LORA_LAYOUTS = (LORA_KOHYA, LORA_DIFFUSERS)
+# The phases of a run, in order, as passed to ``Reporter.phase``.
+PHASE_LOADING_MODEL = "loading model"
+PHASE_CACHING_LATENTS = "caching latents"
+PHASE_CACHING_TEXT = "caching text"
+PHASE_TRAINING = "training"
+PHASES = (PHASE_LOADING_MODEL, PHASE_CACHING_LATENTS, PHASE_CACHING_TEXT, PHASE_TRAINING)
 
 
 def step_line(step: int, total_steps: int, loss: float, lr: float, steps_per_second: float) -> str:
@@ -35,6 +43,11 @@ def step_line(step: int, total_steps: int, loss: float, lr: float, steps_per_sec
 @runtime_checkable
 class Reporter(Protocol):
     """Callbacks a training run makes; implementations must be cheap (they run on the hot path)."""
+
+    def phase(self, name: str, done: int = 0, total: int = 0) -> None:
+        """The run is in phase ``name`` (:data:`PHASES`), ``done`` of ``total`` items (0 of 0: not counted).
+        Called when a phase starts and as it advances; ``training`` starts at the first step's count."""
+        ...
 
     def step(self, step: int, total_steps: int, loss: float, lr: float) -> None: ...
 
@@ -55,6 +68,9 @@ class Reporter(Protocol):
 
 class BaseReporter:
     """A :class:`Reporter` that does nothing; subclass and override what you need."""
+
+    def phase(self, name: str, done: int = 0, total: int = 0) -> None:
+        pass
 
     def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
         pass
@@ -87,6 +103,12 @@ class PrintReporter(BaseReporter):
 
     def __init__(self, every: int = 10) -> None:
         self.every = every
+        self._phase = ""
+
+    def phase(self, name: str, done: int = 0, total: int = 0) -> None:
+        if name != self._phase:  # its start only: the step lines show how training goes
+            self._phase = name
+            print(f"{name} {done}/{total}..." if total else f"{name}...", file=sys.stderr, flush=True)
 
     def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
         if step % self.every == 0 or step == total_steps:
@@ -111,6 +133,7 @@ class RecordingReporter(BaseReporter):
 
     stop_at: int | None = None
     actions_at: dict[int, frozenset[str]] = field(default_factory=dict)
+    phases: list[tuple[str, int, int]] = field(default_factory=list)
     steps: list[tuple[int, int, float, float]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     samples: list[tuple[int, str, Path]] = field(default_factory=list)
@@ -125,6 +148,9 @@ class RecordingReporter(BaseReporter):
     @property
     def last_step(self) -> int:
         return self.steps[-1][0] if self.steps else 0
+
+    def phase(self, name: str, done: int = 0, total: int = 0) -> None:
+        self.phases.append((name, done, total))
 
     def step(self, step: int, total_steps: int, loss: float, lr: float) -> None:
         self.steps.append((step, total_steps, loss, lr))
