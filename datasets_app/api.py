@@ -145,7 +145,8 @@ def caption_tool(request, dataset_id: UUID, payload: CaptionToolIn):
     dataset = queries.get_dataset(request.user, dataset_id, needed=Role.MEMBER)
     tool = captions.ToolRequest(tool=payload.tool, find=payload.find, replace=payload.replace,
                                 max_length=payload.max_length, tags=payload.tags,
-                                review_state=payload.review_state or "")
+                                review_state=payload.review_state or "", regex=payload.regex, text=payload.text,
+                                max_words=payload.max_words, max_tokens=payload.max_tokens)
     return captions.run_tool(dataset, tool, request.user)
 
 

@@ -5,18 +5,17 @@ These functions are the only writers of `DatasetImage.caption`, the copy of the 
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import QuerySet
 
+from datasets_app.captioning import postprocess
 from datasets_app.models import Caption, CaptionSource, Dataset, DatasetImage
 from lorasite.errors import InvalidInput
 
 MAX_CAPTION_CHARS = 10_000
-TOOLS = ("add_trigger", "replace", "clean_whitespace", "truncate", "append_tags")
 
 
 def set_caption(image: DatasetImage, text: str, user=None, source: str = CaptionSource.MANUAL,
@@ -53,6 +52,16 @@ def restore_caption(image: DatasetImage, caption_id: int, user) -> Caption | Non
     return set_caption(image, old.text, user, source=old.source, provider_model=old.provider_model)
 
 
+# Tool name (the API's and the page's) → post-processing step; the functions are postprocess's.
+TOOL_STEPS = {
+    "add_trigger": "trigger", "replace": "replace", "clean_whitespace": "clean", "truncate": "truncate_chars",
+    "append_tags": "append_tags", "strip_boilerplate": "strip_boilerplate", "dedupe_tags": "dedupe_tags",
+    "underscores": "underscores", "prefix": "prefix", "suffix": "suffix", "truncate_words": "truncate_words",
+    "truncate_tokens": "truncate_tokens",
+}
+TOOLS = tuple(TOOL_STEPS)
+
+
 @dataclass(frozen=True)
 class ToolRequest:
     """One dataset-wide caption edit. Fields not used by `tool` are ignored."""
@@ -63,46 +72,23 @@ class ToolRequest:
     max_length: int = 0
     tags: str = ""
     review_state: str = ""
+    regex: bool = False
+    text: str = ""
+    max_words: int = 0
+    max_tokens: int = 0
+
+    def step(self) -> postprocess.Step:
+        if self.tool not in TOOL_STEPS:
+            raise InvalidInput(f"Unknown caption tool {self.tool!r}; use one of {', '.join(TOOLS)}.",
+                               [{"loc": ["tool"], "msg": "unknown"}])
+        return postprocess.Step(op=TOOL_STEPS[self.tool], find=self.find, replace=self.replace, regex=self.regex,
+                                text=self.text, tags=self.tags, max_words=self.max_words,
+                                max_tokens=self.max_tokens, max_length=self.max_length)
 
 
 def apply_tool(request: ToolRequest, caption: str, trigger_word: str) -> str:
     """The caption after the tool; pure, so a preview and the real run agree."""
-    if request.tool == "add_trigger":
-        if not trigger_word:
-            raise InvalidInput("This dataset has no trigger word yet; set one first.")
-        tags = _split_tags(caption)
-        if trigger_word in tags or re.search(rf"(^|\W){re.escape(trigger_word)}(\W|$)", caption):
-            return caption
-        return f"{trigger_word}, {caption}" if caption else trigger_word
-    if request.tool == "replace":
-        if not request.find:
-            raise InvalidInput("Say what to find.", [{"loc": ["find"], "msg": "required"}])
-        return caption.replace(request.find, request.replace)
-    if request.tool == "clean_whitespace":
-        text = " ".join(caption.split())
-        text = re.sub(r"\s+([,.;:])", r"\1", text)
-        text = re.sub(r",(?=\S)", ", ", text)
-        return re.sub(r"(,\s*)+,", ",", text).strip(" ,")
-    if request.tool == "truncate":
-        if request.max_length <= 0:
-            raise InvalidInput("Give a maximum length above zero.", [{"loc": ["max_length"], "msg": "required"}])
-        if len(caption) <= request.max_length:
-            return caption
-        cut = caption[:request.max_length]
-        # Prefer to cut at a tag or word boundary, so no half-word ends up in the caption.
-        boundary = max(cut.rfind(","), cut.rfind(" "))
-        return (cut[:boundary] if boundary > request.max_length // 2 else cut).rstrip(" ,")
-    if request.tool == "append_tags":
-        new = [t for t in _split_tags(request.tags) if t]
-        if not new:
-            raise InvalidInput("Give the tags to append.", [{"loc": ["tags"], "msg": "required"}])
-        existing = _split_tags(caption)
-        missing = [t for t in new if t not in existing]
-        if not missing:
-            return caption
-        return ", ".join([caption.rstrip(" ,"), *missing]) if caption.strip() else ", ".join(missing)
-    raise InvalidInput(f"Unknown caption tool {request.tool!r}; use one of {', '.join(TOOLS)}.",
-                       [{"loc": ["tool"], "msg": "unknown"}])
+    return postprocess.apply_step(caption, request.step(), postprocess.Context(trigger=trigger_word))
 
 
 def run_tool(dataset: Dataset, request: ToolRequest, user) -> dict:
@@ -148,5 +134,3 @@ def undo_batch(dataset: Dataset, batch: uuid.UUID, user) -> dict:
     return {"restored": restored, "skipped_edited_since": skipped}
 
 
-def _split_tags(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",")]

@@ -134,11 +134,19 @@ class RestoreIn(Schema):
     version: int = Field(ge=1)
 
 
+ToolName = Literal["add_trigger", "replace", "clean_whitespace", "truncate", "append_tags", "strip_boilerplate",
+                   "dedupe_tags", "underscores", "prefix", "suffix", "truncate_words", "truncate_tokens"]
+
+
 class CaptionToolIn(Schema):
-    tool: Literal["add_trigger", "replace", "clean_whitespace", "truncate", "append_tags"]
-    find: str = Field(default="", max_length=1000)
+    tool: ToolName
+    find: str = Field(default="", max_length=500)
     replace: str = Field(default="", max_length=1000)
+    regex: bool = Field(default=False, description="`find` is a Python regular expression.")
+    text: str = Field(default="", max_length=1000, description="The prefix or suffix.")
     max_length: int = Field(default=0, ge=0, le=10_000)
+    max_words: int = Field(default=0, ge=0, le=1000)
+    max_tokens: int = Field(default=0, ge=0, le=1000)
     tags: str = Field(default="", max_length=2000)
     review_state: ReviewState | None = Field(default=None, description="Only images in this review state.")
 
