@@ -6,6 +6,7 @@ These functions are the only writers of `DatasetImage.caption`, the copy of the 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -24,20 +25,30 @@ def set_caption(image: DatasetImage, text: str, user=None, source: str = Caption
 
     Returns the new Caption, or None when the text is unchanged (no empty versions in the history).
     """
-    if len(text) > MAX_CAPTION_CHARS:
-        raise InvalidInput(f"A caption may have at most {MAX_CAPTION_CHARS} characters.",
-                           [{"loc": ["caption"], "msg": "too long"}])
-    with transaction.atomic():
-        locked = DatasetImage.objects.select_for_update().only("pk", "caption").get(pk=image.pk)
-        if locked.caption == text:
-            image.caption = text
-            return None
-        Caption.objects.filter(image=image, is_current=True).update(is_current=False)
-        caption = Caption.objects.create(image=image, text=text, source=source, provider_model=provider_model,
-                                         created_by=user, batch=batch, is_current=True)
-        DatasetImage.objects.filter(pk=image.pk).update(caption=text)
-    image.caption = text
+    caption, current = record_caption(image.pk, lambda old: text, user, source, provider_model, batch)
+    image.caption = current
     return caption
+
+
+def record_caption(image_id: int, compute: Callable[[str], str | None], user=None,
+                   source: str = CaptionSource.MANUAL, provider_model: str = "",
+                   batch: uuid.UUID | None = None) -> tuple[Caption | None, str]:
+    """Lock the image, derive the new text from its current caption (`compute` returns None to leave
+    it), and write it as a new version. Returns (the new Caption or None, the caption now current).
+    The lock makes "read the old caption, write the new one" safe against concurrent edits."""
+    with transaction.atomic():
+        locked = DatasetImage.objects.select_for_update().only("pk", "caption").get(pk=image_id)
+        text = compute(locked.caption)
+        if text is None or text == locked.caption:
+            return None, locked.caption
+        if len(text) > MAX_CAPTION_CHARS:
+            raise InvalidInput(f"A caption may have at most {MAX_CAPTION_CHARS} characters.",
+                               [{"loc": ["caption"], "msg": "too long"}])
+        Caption.objects.filter(image_id=image_id, is_current=True).update(is_current=False)
+        caption = Caption.objects.create(image_id=image_id, text=text, source=source, provider_model=provider_model,
+                                         created_by=user, batch=batch, is_current=True)
+        DatasetImage.objects.filter(pk=image_id).update(caption=text)
+    return caption, text
 
 
 def caption_history(image: DatasetImage) -> QuerySet[Caption]:

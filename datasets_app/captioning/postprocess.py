@@ -87,6 +87,13 @@ def place_trigger(text: str, trigger: str) -> str:
     return clean_text(text[:keep] + word.sub("", text[keep:]))
 
 
+def trigger_first(text: str, trigger: str) -> str:
+    """The trigger word once, at the very start (for a caption joined from two)."""
+    word = re.compile(rf"(?<![\w]){re.escape(trigger)}(?![\w])")
+    rest = clean_text(word.sub("", text.replace("[trigger]", "")))
+    return f"{trigger}, {rest}" if rest else trigger
+
+
 def add_prefix(text: str, prefix: str, separator: str = ", ") -> str:
     prefix = prefix.strip()
     if not prefix or text.startswith(prefix):

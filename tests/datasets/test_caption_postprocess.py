@@ -49,6 +49,11 @@ def test_place_trigger_puts_it_there_exactly_once(before, after):
     assert pp.place_trigger(before, "ohwx") == after
 
 
+def test_trigger_first_moves_every_mention_to_one_at_the_start():
+    assert pp.trigger_first("old words, ohwx, a shape", "ohwx") == "ohwx, old words, a shape"
+    assert pp.trigger_first("ohwx", "ohwx") == "ohwx"
+
+
 def test_place_trigger_without_a_trigger_word_is_refused():
     with pytest.raises(InvalidInput, match="no trigger word"):
         pp.place_trigger("a dog", "")
