@@ -52,8 +52,8 @@ def seed_demo(team, user, out) -> None:
         entries.append(Entry(name=f"{stem}.txt", path=f"{stem}.txt", read=lambda caption=caption: caption))
     report = ingest_entries(dataset, entries, user=user)
     set_review_state(DatasetImage.objects.filter(dataset=dataset), ReviewState.APPROVED, user)
-    out.write(f"dataset {NAME}: {dataset.images.count()} images ({len(report.added)} new)\n")
     # A captioner that needs nothing set up, so a newcomer can auto-caption the demo dataset at once.
     provider, created = CaptionProvider.objects.get_or_create(team=team, name=DEMO_PROVIDER, defaults={
         "type": ProviderType.SIMPLE, "prompt": DEMO_TEMPLATE, "concurrency": 4})
     out.write(f"caption provider {provider.name}: {'added' if created else 'exists'}\n")
+    out.write(f"dataset {NAME}: {dataset.images.count()} images ({len(report.added)} new)\n")
