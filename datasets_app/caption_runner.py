@@ -10,6 +10,7 @@ and each result is saved only while its item is still pending.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -17,17 +18,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from datasets_app import caption_lifecycle as lifecycle
 from datasets_app import caption_runs
+from datasets_app.caption_pipeline import Pipeline, Work
 from datasets_app.caption_providers import provider_settings
 from datasets_app.captioning import postprocess, tokens
-from datasets_app.captioning.base import CaptionError, CaptionInput, FatalError, ImageError
-from datasets_app.captioning.images import prepare_image
+from datasets_app.captioning.base import CaptionError, FatalError
 from datasets_app.captioning.registry import build_provider
-from datasets_app.captioning.retry import Cancelled, RetryPolicy, call_with_retries
+from datasets_app.captioning.retry import RetryPolicy
 from datasets_app.models import CaptionRun, CaptionRunItem, ItemStatus, RunStatus
 from datasets_app.storage import media_path
 from lorasite.realtime import dataset_group, publish
@@ -39,14 +39,6 @@ HEARTBEAT_SECONDS = 1.0
 STATUS_POLL_SECONDS = 0.1
 PUBLISH_INTERVAL = 0.1  # at most ~10 progress messages a second; the last one always goes
 SAVE_BATCH = 32
-
-
-@dataclass
-class Work:
-    item_id: int
-    image_uuid: str
-    path: str
-    name: str
 
 
 @dataclass
@@ -127,79 +119,34 @@ def _caption(run: CaptionRun, me: str, policy: RetryPolicy, on_change=None) -> s
                .select_related("image__blob").order_by("id")]
     counts = {s: CaptionRunItem.objects.filter(run=run, status=s).count() for s in (ItemStatus.DONE, ItemStatus.FAILED)}
     progress = Progress(run, counts[ItemStatus.DONE], counts[ItemStatus.FAILED], on_change=on_change)
-    stop = threading.Event()
-    fatal: list[str] = []
-    results: queue.Queue = queue.Queue()
-    size = provider.batch_size
-    chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
-    threads = 1 if size > 1 else max(1, run.provider.concurrency)
-    max_side = run.provider.max_image_side
-
-    def work(chunk: list[Work]) -> None:
-        if stop.is_set():
-            return
-        try:
-            inputs, ready = [], []
-            for entry in chunk:
-                try:
-                    with open(entry.path, "rb") as handle:
-                        data = prepare_image(handle.read(), max_side)
-                except OSError as exc:
-                    results.put((entry, ImageError(f"the image could not be read ({type(exc).__name__})")))
-                    continue
-                inputs.append(CaptionInput(data=data, filename=entry.name, dataset=run.dataset.name,
-                                           trigger=run.dataset.trigger_word))
-                ready.append(entry)
-            if not inputs or stop.is_set():
-                return
-            answers = call_with_retries(lambda: provider.caption_batch(inputs, run.prompt), policy, stop.wait)
-            for entry, answer in zip(ready, answers, strict=True):
-                results.put((entry, answer))
-        except Cancelled:
-            return
-        except FatalError as exc:
-            fatal.append(exc.message)
-            stop.set()
-        except CaptionError as exc:  # retries exhausted: these images fail, the run goes on
-            for entry in ready:
-                results.put((entry, exc))
-        except Exception as exc:
-            logger.exception("captioning %s failed", [e.name for e in chunk])
-            for entry in chunk:
-                results.put((entry, ImageError(f"unexpected error ({type(exc).__name__})")))
-
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"caption-{str(run.uuid)[:8]}")
-    futures = [pool.submit(work, chunk) for chunk in chunks]
+    threads = 1 if provider.batch_size > 1 else max(1, run.provider.concurrency)
+    pipeline = Pipeline(provider, pending, run.prompt, policy, run.provider.max_image_side, run.dataset.name,
+                        run.dataset.trigger_word, threads).start()
     last_beat = last_poll = time.monotonic()
     try:
         while True:
-            batch = _drain(results, timeout=STATUS_POLL_SECONDS)
-            for entry, answer in batch:
-                outcome = _save(run, entry, answer, steps, context)
-                if outcome is not None:
-                    progress.add(outcome)
+            for outcome in _save(run, _drain(pipeline.results, timeout=STATUS_POLL_SECONDS), steps, context):
+                progress.add(outcome)
             progress.send()
             now = time.monotonic()
             if now - last_beat >= HEARTBEAT_SECONDS:
                 last_beat = last_poll = now
                 if lifecycle.heartbeat(run.pk, me) != RunStatus.RUNNING:
-                    stop.set()  # cancelling, or another worker took the run over
+                    pipeline.stop.set()  # cancelling, or another worker took the run over
             elif now - last_poll >= STATUS_POLL_SECONDS:
                 last_poll = now
                 if lifecycle.status_of(run.pk) != RunStatus.RUNNING:
-                    stop.set()
-            if all(f.done() for f in futures) and results.empty():
+                    pipeline.stop.set()
+            if pipeline.finished():
                 break
     finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for entry, answer in _drain(results, timeout=0):  # answers that arrived while stopping are kept
-            outcome = _save(run, entry, answer, steps, context)
-            if outcome is not None:
+        pipeline.join()
+        while not pipeline.results.empty():  # answers that arrived while stopping are kept
+            for outcome in _save(run, _drain(pipeline.results, timeout=0), steps, context):
                 progress.add(outcome)
         provider.close()
         progress.send(force=True)
-    return fatal[0] if fatal else None
+    return pipeline.fatal[0] if pipeline.fatal else None
 
 
 def _drain(results: queue.Queue, timeout: float) -> list:
@@ -213,14 +160,25 @@ def _drain(results: queue.Queue, timeout: float) -> list:
     return out
 
 
-def _save(run, entry: Work, answer, steps, context) -> caption_runs.Outcome | None:
-    if isinstance(answer, CaptionError):
-        return caption_runs.save_failure(run, entry.item_id, entry.image_uuid, answer.message)
+def _save(run: CaptionRun, batch: list, steps, context) -> list[caption_runs.Outcome]:
+    """Save what arrived since the last round in one transaction; if that fails, one by one, so
+    one bad row costs only its own image."""
+    answers = [caption_runs.Answer(entry.item_id, entry.image_uuid, error=answer.message)
+               if isinstance(answer, CaptionError) else
+               caption_runs.Answer(entry.item_id, entry.image_uuid, answer.text, answer.model)
+               for entry, answer in batch]
+    if not answers:
+        return []
     try:
-        return caption_runs.save_result(run, entry.item_id, entry.image_uuid, answer.text, answer.model, steps,
-                                        context)
-    except Exception as exc:
-        logger.exception("saving the caption of %s failed", entry.name)
-        return caption_runs.save_failure(run, entry.item_id, entry.image_uuid,
-                                         f"the caption could not be saved ({type(exc).__name__})")
-
+        return caption_runs.save_answers(run, answers, steps, context)
+    except Exception:
+        logger.exception("saving %d captions of run %s failed; saving them one by one", len(answers), run.uuid)
+    outcomes = []
+    for answer in answers:
+        try:
+            outcomes += caption_runs.save_answers(run, [answer], steps, context)
+        except Exception as exc:
+            logger.exception("saving the caption of image %s failed", answer.image_uuid)
+            failed = dataclasses.replace(answer, error=f"the caption could not be saved ({type(exc).__name__})")
+            outcomes += caption_runs.save_answers(run, [failed], steps, context)
+    return outcomes

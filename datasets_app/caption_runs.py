@@ -13,8 +13,9 @@ from datasets_app import caption_lifecycle as lifecycle
 from datasets_app.caption_providers import get_usable
 from datasets_app.captioning import postprocess, simple
 from datasets_app.captioning.base import FatalError
-from datasets_app.captions import record_caption, undo_batch
+from datasets_app.captions import record_captions, undo_batch
 from datasets_app.models import (
+    Caption,
     CaptionMode,
     CaptionRun,
     CaptionRunItem,
@@ -122,7 +123,7 @@ def undo_run(run: CaptionRun, user) -> dict:
         raise Conflict("Cancel the run, or let it finish, before undoing it.")
     if run.undone_at is not None:
         raise Conflict("This run was undone already.")
-    if not CaptionRunItem.objects.filter(run=run, caption__isnull=False).exists():
+    if not Caption.objects.filter(batch=run.uuid, image__dataset=run.dataset).exists():
         raise Conflict("This run changed no caption; there is nothing to undo.")
     result = undo_batch(run.dataset, run.uuid, user)
     CaptionRun.objects.filter(pk=run.pk).update(undone_at=timezone.now())
@@ -138,48 +139,92 @@ class Outcome:
     error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A provider's answer for one item: its caption text and model, or the error."""
+
+    item_id: int
+    image_uuid: str
+    text: str = ""
+    model: str = ""
+    error: str | None = None
+
+
+def save_answers(run: CaptionRun, answers: list[Answer], steps: list[postprocess.Step],
+                 context: postprocess.Context) -> list[Outcome]:
+    """Save a batch of answers in one transaction (one commit for all, not one per image). Each is
+    saved only while its item is pending, under the item's row lock: an item another delivery of
+    this run saved already is skipped, so no image gets a second version from one run."""
+    now = timezone.now()
+    with transaction.atomic():
+        image_of = dict(CaptionRunItem.objects.select_for_update().order_by("pk")
+                        .filter(pk__in=[a.item_id for a in answers], status=ItemStatus.PENDING)
+                        .values_list("pk", "image_id"))
+        fresh: list[Answer] = []
+        for answer in answers:  # the same item twice in one batch is saved once
+            if answer.item_id in image_of and all(a.item_id != answer.item_id for a in fresh):
+                fresh.append(answer)
+        texts, failures = {}, {}
+        for answer in fresh:
+            if answer.error is not None:
+                failures[answer.item_id] = answer.error
+                continue
+            text = postprocess.apply_steps(answer.text, steps, context)
+            if text.strip():
+                texts[image_of[answer.item_id]] = text
+            else:
+                failures[answer.item_id] = "post-processing left an empty caption"
+        models = {image_of[a.item_id]: a.model for a in fresh if image_of[a.item_id] in texts}
+        current, errors = _write(run, texts, models, steps, context)
+        outcomes, done_ids, left_alone = [], [], []
+        for answer in fresh:
+            image_id = image_of[answer.item_id]
+            error = failures.get(answer.item_id) or errors.get(image_id)
+            if error is not None:
+                failures[answer.item_id] = error[:1000]
+                outcomes.append(Outcome(answer.image_uuid, error=error[:1000]))
+                continue
+            done_ids.append(answer.item_id)
+            if run.mode == CaptionMode.UNCAPTIONED and current[image_id] != texts[image_id]:
+                left_alone.append(answer.item_id)
+            outcomes.append(Outcome(answer.image_uuid, caption=current[image_id]))
+        items = CaptionRunItem.objects
+        if done_ids:
+            items.filter(pk__in=done_ids).update(status=ItemStatus.DONE, finished_at=now)
+        if left_alone:
+            items.filter(pk__in=left_alone).update(error="captioned by someone else meanwhile; left as it was")
+        for item_id, error in failures.items():
+            items.filter(pk=item_id).update(status=ItemStatus.FAILED, error=error, finished_at=now)
+        if fresh:
+            CaptionRun.objects.filter(pk=run.pk).update(done=F("done") + len(done_ids),
+                                                        failed=F("failed") + len(failures))
+    return outcomes
+
+
+def _write(run: CaptionRun, texts: dict[int, str], models: dict[int, str], steps, context):
+    """Each image's final caption from its current one, as new versions naming the run."""
+    trigger_step = any(s.op == "trigger" for s in steps)
+
+    def final(image_id: int, old: str) -> str | None:
+        text = texts[image_id]
+        combined = combine(run.mode, old, text)
+        if combined is not None and trigger_step and combined != text:
+            combined = postprocess.trigger_first(combined, context.trigger)  # once, in the whole caption
+        return combined
+
+    if not texts:
+        return {}, {}
+    # Versions name the provider and model; a run has one model, so one label for the batch.
+    model = next(iter(models.values()), run.model)
+    return record_captions(list(texts), final, None, CaptionSource.PROVIDER,
+                           f"{run.provider_name}: {model}"[:200], run.uuid)
+
+
 def save_result(run: CaptionRun, item_id: int, image_uuid: str, generated: str, model: str,
                 steps: list[postprocess.Step], context: postprocess.Context) -> Outcome | None:
-    """Save one image's caption if its item is still pending (None otherwise: another delivery of
-    this run saved it already, so no second version is written)."""
-    text = postprocess.apply_steps(generated, steps, context)
-    with transaction.atomic():
-        item = CaptionRunItem.objects.select_for_update().filter(pk=item_id, status=ItemStatus.PENDING).first()
-        if item is None:
-            return None
-        if not text.strip():
-            return _fail(run, item, image_uuid, "post-processing left an empty caption")
-        trigger_step = any(s.op == "trigger" for s in steps)
-
-        def final(old: str) -> str | None:
-            combined = combine(run.mode, old, text)
-            if combined is not None and trigger_step and combined != text:
-                combined = postprocess.trigger_first(combined, context.trigger)  # once, in the whole caption
-            return combined
-
-        caption, current = record_caption(item.image_id, final, None, CaptionSource.PROVIDER,
-                                          f"{run.provider_name}: {model}"[:200], run.uuid)
-        item.status, item.caption, item.finished_at = ItemStatus.DONE, caption, timezone.now()
-        if caption is None and run.mode == CaptionMode.UNCAPTIONED and current:
-            item.error = "captioned by someone else meanwhile; left as it was"
-        item.save(update_fields=["status", "caption", "finished_at", "error"])
-        CaptionRun.objects.filter(pk=run.pk).update(done=F("done") + 1)
-    return Outcome(image_uuid, caption=current)
-
-
-def save_failure(run: CaptionRun, item_id: int, image_uuid: str, error: str) -> Outcome | None:
-    with transaction.atomic():
-        item = CaptionRunItem.objects.select_for_update().filter(pk=item_id, status=ItemStatus.PENDING).first()
-        if item is None:
-            return None
-        return _fail(run, item, image_uuid, error)
-
-
-def _fail(run: CaptionRun, item: CaptionRunItem, image_uuid: str, error: str) -> Outcome:
-    item.status, item.error, item.finished_at = ItemStatus.FAILED, error[:1000], timezone.now()
-    item.save(update_fields=["status", "error", "finished_at"])
-    CaptionRun.objects.filter(pk=run.pk).update(failed=F("failed") + 1)
-    return Outcome(image_uuid, error=item.error)
+    """One answer (see save_answers); None when the item was saved already."""
+    saved = save_answers(run, [Answer(item_id, image_uuid, generated, model)], steps, context)
+    return saved[0] if saved else None
 
 
 def get_run(user, run_id, needed: Role = Role.VIEWER) -> CaptionRun:
@@ -211,5 +256,5 @@ def images_of_run(run: CaptionRun) -> QuerySet[DatasetImage]:
     return DatasetImage.objects.filter(caption_run_items__run=run, caption_run_items__status=ItemStatus.DONE)
 
 
-__all__ = ["RunStatus", "cancel_run", "get_run", "run_out", "runs_for", "save_failure", "save_result",
+__all__ = ["RunStatus", "cancel_run", "get_run", "run_out", "runs_for", "save_answers", "save_result",
            "start_run", "undo_run"]

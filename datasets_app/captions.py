@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from datasets_app.captioning import postprocess
@@ -49,6 +49,42 @@ def record_caption(image_id: int, compute: Callable[[str], str | None], user=Non
                                          created_by=user, batch=batch, is_current=True)
         DatasetImage.objects.filter(pk=image_id).update(caption=text)
     return caption, text
+
+
+def record_captions(image_ids: list[int], compute: Callable[[int, str], str | None], user=None,
+                    source: str = CaptionSource.MANUAL, provider_model: str = "",
+                    batch: uuid.UUID | None = None) -> tuple[dict[int, str], dict[int, str]]:
+    """`record_caption` for many images in a handful of queries (a caption run saves what arrived
+    in one go). Returns ({image id: caption now current}, {image id: error}); images whose text is
+    unchanged are in the first dict with their old caption and get no version."""
+    errors: dict[int, str] = {}
+    with transaction.atomic():
+        # pk order: every bulk locker (tool runs, caption runs) takes the rows in the same order.
+        locked = dict(DatasetImage.objects.select_for_update().filter(pk__in=image_ids).order_by("pk")
+                      .values_list("pk", "caption"))
+        current, changed = {}, {}
+        for pk in image_ids:
+            if pk not in locked:
+                errors[pk] = "the image was deleted"
+                continue
+            text = compute(pk, locked[pk])
+            if text is None or text == locked[pk]:
+                current[pk] = locked[pk]
+            elif len(text) > MAX_CAPTION_CHARS:
+                errors[pk] = f"the caption would have more than {MAX_CAPTION_CHARS} characters"
+            else:
+                current[pk] = changed[pk] = text
+        if changed:
+            Caption.objects.filter(image_id__in=list(changed), is_current=True).update(is_current=False)
+            Caption.objects.bulk_create([
+                Caption(image_id=pk, text=text, source=source, provider_model=provider_model, created_by=user,
+                        batch=batch, is_current=True) for pk, text in changed.items()])
+            # One statement, many rows: bulk_update's CASE expression costs more than the write.
+            table = connection.ops.quote_name(DatasetImage._meta.db_table)  # the model's, not input
+            with connection.cursor() as cursor:
+                cursor.executemany(f"UPDATE {table} SET caption = %s WHERE id = %s",  # noqa: S608
+                                   [(text, pk) for pk, text in changed.items()])
+    return current, errors
 
 
 def caption_history(image: DatasetImage) -> QuerySet[Caption]:

@@ -234,7 +234,6 @@ class CaptionRunItem(models.Model):
     image = models.ForeignKey(DatasetImage, on_delete=models.CASCADE, related_name="caption_run_items")
     status = models.CharField(max_length=8, choices=ItemStatus.choices, default=ItemStatus.PENDING)
     error = models.TextField(blank=True, default="")
-    caption = models.ForeignKey(Caption, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

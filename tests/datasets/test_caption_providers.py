@@ -222,3 +222,30 @@ def test_simple_provider_fills_its_template():
     assert caption.text == "a photo of shp, red circle, from shapes"
     with pytest.raises(FatalError, match="may use only"):
         provider.caption_batch([item()], "a photo of {person}")
+
+
+def test_a_small_upright_jpeg_is_sent_as_it_is_and_anything_else_is_reencoded():
+    small_jpeg = image_bytes("JPEG", size=(300, 200))
+    assert prepare_image(small_jpeg, 768) == small_jpeg
+    png = prepare_image(image_bytes("PNG", size=(300, 200)), 768)
+    assert png[:2] == b"\xff\xd8"  # JPEG
+    big = prepare_image(image_bytes("JPEG", size=(2000, 1000)), 768)
+    import io as _io
+
+    from PIL import Image
+
+    assert Image.open(_io.BytesIO(big)).size == (768, 384)
+
+
+def test_a_sideways_phone_photo_is_turned_upright_before_it_is_sent():
+    import io as _io
+
+    from PIL import Image
+
+    img = Image.new("RGB", (400, 200), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    buffer = _io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif)
+    sent = prepare_image(buffer.getvalue(), 768)
+    assert Image.open(_io.BytesIO(sent)).size == (200, 400)

@@ -34,6 +34,7 @@ class Seen:
     image_size: tuple[int, int] | None = None
     image_format: str | None = None
     json: object = None
+    at: float = field(default_factory=time.monotonic)
 
 
 class FakeCaptionServer:
