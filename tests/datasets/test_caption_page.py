@@ -12,7 +12,7 @@ from datasets_app import caption_runs
 from datasets_app.caption_providers import create_provider
 from datasets_app.caption_runner import execute_run
 from datasets_app.captions import set_caption
-from datasets_app.models import DatasetImage
+from datasets_app.models import CaptionProvider, DatasetImage
 from tests.conftest import make_dataset
 
 
@@ -78,3 +78,45 @@ def test_review_mode_walks_just_the_images_of_a_run(shapes, member, team_a):
     config = json.loads(response.context["config_json"])
     assert (config["run"], config["state"], config["tokenLimit"]) == (str(run.uuid), "", 75)
     assert "captioned by tpl" in response.content.decode()
+
+
+def captioners_page(user, slug="alpha", data=None):
+    client = Client()
+    client.force_login(user)
+    url = f"/teams/{slug}/captioners/"
+    return client.post(url, data) if data is not None else client.get(url)
+
+
+def test_admin_adds_and_removes_a_captioner_on_the_captioners_page(team_a, admin_user):
+    response = captioners_page(admin_user, data={"name": "llava", "type": "ollama", "base_url": "http://127.0.0.1:9",
+                                                 "model": "llava", "concurrency": "2"})
+    assert response.status_code == 302
+    html = captioners_page(admin_user).content.decode()
+    assert 'data-captioner="llava"' in html and "unreachable" in html
+    provider = CaptionProvider.objects.get(name="llava")
+    assert provider.concurrency == 2 and provider.team == team_a
+    captioners_page(admin_user, data={"delete": str(provider.uuid)})
+    assert not CaptionProvider.objects.exists()
+
+
+def test_a_bad_captioner_is_refused_on_the_page_with_the_reason(team_a, admin_user):
+    client = Client()
+    client.force_login(admin_user)
+    response = client.post("/teams/alpha/captioners/", {"name": "k", "type": "openai", "base_url": "http://x/v1",
+                                                        "model": "m", "api_key_env": "SECRET_KEY"}, follow=True)
+    assert "must start with CAPTION_KEY_ALPHA" in response.content.decode()
+    assert not CaptionProvider.objects.exists()
+
+
+def test_members_see_captioners_but_cannot_change_them(team_a, member):
+    create_provider(team_a, name="tpl", type="simple")
+    html = captioners_page(member).content.decode()
+    assert 'data-captioner="tpl"' in html and "data-add-captioner" not in html
+    assert captioners_page(member, data={"name": "x", "type": "simple"}).status_code == 403
+    assert CaptionProvider.objects.count() == 1
+
+
+def test_outsider_gets_404_for_the_captioners_page(team_a, outsider):
+    create_provider(team_a, name="tpl", type="simple")
+    assert captioners_page(outsider).status_code == 404
+    assert captioners_page(outsider, data={"name": "x", "type": "simple"}).status_code == 404
