@@ -8,10 +8,10 @@ loopback server (its own process) that answers each request after 200 ms, throug
 
 Each level captions enough images for about `--seconds-per-level` of ideal time (n = level ×
 seconds / latency). Prints ONE JSON object on its last line: images_per_s_c1/_c4/_c16,
-scaling_16 (c16 ÷ c1; 16 is perfect) and overhead_ms_per_image: at c1, the steady time from one
+scaling_16 (c16 ÷ c1; 16 is perfect) and overhead_ms_per_image: at c1, the median time from one
 saved caption to the next (item `finished_at` stamps, so the run's fixed start and finish costs,
-reported apart as c1_run_fixed_ms, are left out) minus the time per request of a bare httpx loop
-sending the same requests to the same server in the same run. That difference is what the portal
+reported apart as c1_run_fixed_ms, are left out) minus the median time per request of a bare httpx
+loop sending the same requests to the same server in the same run (medians: this machine is shared). That difference is what the portal
 adds per image: reading and preparing the image, saving the result and its version, progress.
 Also printed: the raw figures and portal_cpu_ms_per_image (CPU time of this process per image).
 """
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -55,8 +57,8 @@ def draw(i: int, side: int) -> bytes:
 
 
 def bare_loop(url: str, image: bytes, count: int) -> float:
-    """Seconds per request for a bare httpx loop sending the same request shape to the same server
-    one at a time: the floor the portal's per-image time is compared with."""
+    """Median seconds per request of a bare httpx loop sending the same request shape to the same
+    server one at a time: the floor the portal's per-image time is compared with."""
     import base64
 
     import httpx
@@ -68,10 +70,12 @@ def bare_loop(url: str, image: bytes, count: int) -> float:
             ]}]}
     with httpx.Client(timeout=30) as client:
         client.post(f"{url}/chat/completions", json=body)  # connect once, as the provider's client does
-        started = time.perf_counter()
+        durations = []
         for _ in range(count):
+            started = time.perf_counter()
             client.post(f"{url}/chat/completions", json=body).raise_for_status()
-        return (time.perf_counter() - started) / count
+            durations.append(time.perf_counter() - started)
+        return statistics.median(durations)
 
 
 def main() -> None:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seconds-per-level", type=float, default=4.0)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--side", type=int, default=512, help="pixel side of the generated JPEGs")
+    parser.add_argument("--c1-images", type=int, default=40, help="images at concurrency 1 (the overhead sample)")
     args = parser.parse_args()
 
     setup_django("captioning")
@@ -102,10 +107,12 @@ def main() -> None:
         url = server.stdout.readline().strip()
         user, _ = get_user_model().objects.get_or_create(username="bench-captioner")
         team, _ = Team.objects.get_or_create(slug="bench-caption", defaults={"name": "Bench captioning"})
-        bare = bare_loop(url, draw(1, args.side), round(args.seconds_per_level / args.latency))
+        bare = bare_loop(url, draw(1, args.side), args.c1_images)
         results = {}
         for level in (1, 4, 16):
             count = max(level, round(level * args.seconds_per_level / args.latency))
+            if level == 1:
+                count = args.c1_images
             Dataset.objects.filter(team=team, name=f"c{level}").delete()
             dataset = create_dataset(team, user, f"c{level}", trigger_word="shp")
             entries = []
@@ -129,7 +136,7 @@ def main() -> None:
             results[level] = (count, elapsed, cpu)
             if level == 1:
                 stamps = sorted(CaptionRunItem.objects.filter(run=run).values_list("finished_at", flat=True))
-                steady = (stamps[-1] - stamps[0]).total_seconds() / (len(stamps) - 1)
+                steady = statistics.median((b - a).total_seconds() for a, b in itertools.pairwise(stamps))
             print(f"c{level}: {count} images in {elapsed:.2f} s, {cpu:.2f} s CPU", file=sys.stderr)
     finally:
         worker.stop()
