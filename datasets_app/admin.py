@@ -3,12 +3,21 @@ versions), filters, bulk approve/reject, and the caption history inline."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
 from datasets_app.captions import set_caption
-from datasets_app.models import Caption, Dataset, DatasetImage, ReviewState
+from datasets_app.models import (
+    Caption,
+    CaptionProvider,
+    CaptionRun,
+    CaptionRunItem,
+    Dataset,
+    DatasetImage,
+    ReviewState,
+)
 from datasets_app.services import set_review_state
 
 
@@ -82,3 +91,61 @@ class DatasetImageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         # Images come in through the upload paths, which validate and deduplicate them.
         return False
+
+
+class CaptionProviderForm(forms.ModelForm):
+    """The same checks as the API and the command: key variable naming, URL, model folder."""
+
+    class Meta:
+        model = CaptionProvider
+        fields = ["team", "name", "type", "base_url", "model", "prompt", "api_key_env", "concurrency",
+                  "timeout_seconds", "max_image_side", "enabled"]
+
+    def clean(self):
+        from datasets_app.caption_providers import validate
+        from lorasite.errors import InvalidInput
+
+        data = super().clean()
+        try:
+            self.validated = validate(data.get("team"), {k: data.get(k) for k in self.Meta.fields})
+        except InvalidInput as exc:
+            field = exc.errors[0]["loc"][0] if exc.errors else None
+            raise forms.ValidationError({field: exc.message} if field in self.fields else exc.message) from None
+        return data
+
+
+@admin.register(CaptionProvider)
+class CaptionProviderAdmin(admin.ModelAdmin):
+    form = CaptionProviderForm
+    list_display = ["name", "team", "type", "model", "base_url", "api_key_env", "concurrency", "enabled"]
+    list_filter = ["type", "team", "enabled"]
+    search_fields = ["name", "model"]
+    readonly_fields = ["uuid", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        for key, value in form.validated.items():
+            setattr(obj, key, value)
+        super().save_model(request, obj, form, change)
+
+
+class CaptionRunItemInline(admin.TabularInline):
+    model = CaptionRunItem
+    fields = ["image", "status", "error", "finished_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(CaptionRun)
+class CaptionRunAdmin(admin.ModelAdmin):
+    list_display = ["uuid", "dataset", "provider_name", "model", "mode", "status", "done", "failed", "total",
+                    "created_at"]
+    list_filter = ["status", "provider_type", "mode"]
+    readonly_fields = [f.name for f in CaptionRun._meta.fields]
+    inlines = [CaptionRunItemInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # runs start from the dataset page, the API or `manage.py caption_dataset`

@@ -9,7 +9,7 @@ from django.http import StreamingHttpResponse
 from django.utils.text import slugify
 from ninja import File, Form, Router, Status, UploadedFile
 
-from datasets_app import captions, queries, services
+from datasets_app import caption_runs, captions, queries, services
 from datasets_app.ingest import ingest_entries, limits_from_settings, upload_entries
 from datasets_app.manifest import (
     EXPORT_FORMATS,
@@ -115,15 +115,20 @@ def upload_images(request, dataset_id: UUID, files: File[list[UploadedFile]]):
 
 @router.get("/datasets/{dataset_id}/images", response=ImagePageOut)
 def list_images(request, dataset_id: UUID, review_state: str = "", page: int = 1, page_size: int = 50,
-                crop_resolution: int | None = None, bucketing: bool = True):
-    """`crop_resolution` adds, per image, how it will be cropped for training at that resolution."""
+                crop_resolution: int | None = None, bucketing: bool = True, caption_run: UUID | None = None):
+    """`crop_resolution` adds, per image, how it will be cropped for training at that resolution;
+    `caption_run` keeps only the images that caption run captioned."""
     dataset = queries.get_dataset(request.user, dataset_id)
+    run = caption_runs.get_run(request.user, caption_run) if caption_run else None
+    if run is not None and run.dataset_id != dataset.pk:
+        raise InvalidInput("That caption run belongs to another dataset.",
+                           [{"loc": ["caption_run"], "msg": "not a run of this dataset"}])
     crop_at = None
     if crop_resolution is not None:
         if not 64 <= crop_resolution <= 4096:
             raise InvalidInput("crop_resolution must be between 64 and 4096.")
         crop_at = (crop_resolution, bucketing)
-    return queries.image_page(dataset, review_state, page, page_size, crop_at)
+    return queries.image_page(dataset, review_state, page, page_size, crop_at, caption_run=run)
 
 
 @router.post("/datasets/{dataset_id}/review", response=BulkReviewOut)
@@ -145,7 +150,8 @@ def caption_tool(request, dataset_id: UUID, payload: CaptionToolIn):
     dataset = queries.get_dataset(request.user, dataset_id, needed=Role.MEMBER)
     tool = captions.ToolRequest(tool=payload.tool, find=payload.find, replace=payload.replace,
                                 max_length=payload.max_length, tags=payload.tags,
-                                review_state=payload.review_state or "")
+                                review_state=payload.review_state or "", regex=payload.regex, text=payload.text,
+                                max_words=payload.max_words, max_tokens=payload.max_tokens)
     return captions.run_tool(dataset, tool, request.user)
 
 

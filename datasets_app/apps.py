@@ -9,4 +9,6 @@ class DatasetsConfig(AppConfig):
     verbose_name = "Datasets"
 
     def ready(self) -> None:
-        from datasets_app import storage, tasks  # noqa: F401  (storage: blob collector signal; tasks: actors)
+        from datasets_app import listeners, storage, tasks  # noqa: F401  (storage: blob collector signal; tasks: actors)
+
+        listeners.register()

@@ -5,18 +5,18 @@ These functions are the only writers of `DatasetImage.caption`, the copy of the 
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 
+from datasets_app.captioning import postprocess
 from datasets_app.models import Caption, CaptionSource, Dataset, DatasetImage
 from lorasite.errors import InvalidInput
 
 MAX_CAPTION_CHARS = 10_000
-TOOLS = ("add_trigger", "replace", "clean_whitespace", "truncate", "append_tags")
 
 
 def set_caption(image: DatasetImage, text: str, user=None, source: str = CaptionSource.MANUAL,
@@ -25,20 +25,66 @@ def set_caption(image: DatasetImage, text: str, user=None, source: str = Caption
 
     Returns the new Caption, or None when the text is unchanged (no empty versions in the history).
     """
-    if len(text) > MAX_CAPTION_CHARS:
-        raise InvalidInput(f"A caption may have at most {MAX_CAPTION_CHARS} characters.",
-                           [{"loc": ["caption"], "msg": "too long"}])
-    with transaction.atomic():
-        locked = DatasetImage.objects.select_for_update().only("pk", "caption").get(pk=image.pk)
-        if locked.caption == text:
-            image.caption = text
-            return None
-        Caption.objects.filter(image=image, is_current=True).update(is_current=False)
-        caption = Caption.objects.create(image=image, text=text, source=source, provider_model=provider_model,
-                                         created_by=user, batch=batch, is_current=True)
-        DatasetImage.objects.filter(pk=image.pk).update(caption=text)
-    image.caption = text
+    caption, current = record_caption(image.pk, lambda old: text, user, source, provider_model, batch)
+    image.caption = current
     return caption
+
+
+def record_caption(image_id: int, compute: Callable[[str], str | None], user=None,
+                   source: str = CaptionSource.MANUAL, provider_model: str = "",
+                   batch: uuid.UUID | None = None) -> tuple[Caption | None, str]:
+    """Lock the image, derive the new text from its current caption (`compute` returns None to leave
+    it), and write it as a new version. Returns (the new Caption or None, the caption now current).
+    The lock makes "read the old caption, write the new one" safe against concurrent edits."""
+    with transaction.atomic():
+        locked = DatasetImage.objects.select_for_update().only("pk", "caption").get(pk=image_id)
+        text = compute(locked.caption)
+        if text is None or text == locked.caption:
+            return None, locked.caption
+        if len(text) > MAX_CAPTION_CHARS:
+            raise InvalidInput(f"A caption may have at most {MAX_CAPTION_CHARS} characters.",
+                               [{"loc": ["caption"], "msg": "too long"}])
+        Caption.objects.filter(image_id=image_id, is_current=True).update(is_current=False)
+        caption = Caption.objects.create(image_id=image_id, text=text, source=source, provider_model=provider_model,
+                                         created_by=user, batch=batch, is_current=True)
+        DatasetImage.objects.filter(pk=image_id).update(caption=text)
+    return caption, text
+
+
+def record_captions(image_ids: list[int], compute: Callable[[int, str], str | None], user=None,
+                    source: str = CaptionSource.MANUAL, provider_model: str = "",
+                    batch: uuid.UUID | None = None) -> tuple[dict[int, str], dict[int, str]]:
+    """`record_caption` for many images in a handful of queries (a caption run saves what arrived
+    in one go). Returns ({image id: caption now current}, {image id: error}); images whose text is
+    unchanged are in the first dict with their old caption and get no version."""
+    errors: dict[int, str] = {}
+    with transaction.atomic():
+        # pk order: every bulk locker (tool runs, caption runs) takes the rows in the same order.
+        locked = dict(DatasetImage.objects.select_for_update().filter(pk__in=image_ids).order_by("pk")
+                      .values_list("pk", "caption"))
+        current, changed = {}, {}
+        for pk in image_ids:
+            if pk not in locked:
+                errors[pk] = "the image was deleted"
+                continue
+            text = compute(pk, locked[pk])
+            if text is None or text == locked[pk]:
+                current[pk] = locked[pk]
+            elif len(text) > MAX_CAPTION_CHARS:
+                errors[pk] = f"the caption would have more than {MAX_CAPTION_CHARS} characters"
+            else:
+                current[pk] = changed[pk] = text
+        if changed:
+            Caption.objects.filter(image_id__in=list(changed), is_current=True).update(is_current=False)
+            Caption.objects.bulk_create([
+                Caption(image_id=pk, text=text, source=source, provider_model=provider_model, created_by=user,
+                        batch=batch, is_current=True) for pk, text in changed.items()])
+            # One statement, many rows: bulk_update's CASE expression costs more than the write.
+            table = connection.ops.quote_name(DatasetImage._meta.db_table)  # the model's, not input
+            with connection.cursor() as cursor:
+                cursor.executemany(f"UPDATE {table} SET caption = %s WHERE id = %s",  # noqa: S608
+                                   [(text, pk) for pk, text in changed.items()])
+    return current, errors
 
 
 def caption_history(image: DatasetImage) -> QuerySet[Caption]:
@@ -53,6 +99,16 @@ def restore_caption(image: DatasetImage, caption_id: int, user) -> Caption | Non
     return set_caption(image, old.text, user, source=old.source, provider_model=old.provider_model)
 
 
+# Tool name (the API's and the page's) → post-processing step; the functions are postprocess's.
+TOOL_STEPS = {
+    "add_trigger": "trigger", "replace": "replace", "clean_whitespace": "clean", "truncate": "truncate_chars",
+    "append_tags": "append_tags", "strip_boilerplate": "strip_boilerplate", "dedupe_tags": "dedupe_tags",
+    "underscores": "underscores", "prefix": "prefix", "suffix": "suffix", "truncate_words": "truncate_words",
+    "truncate_tokens": "truncate_tokens",
+}
+TOOLS = tuple(TOOL_STEPS)
+
+
 @dataclass(frozen=True)
 class ToolRequest:
     """One dataset-wide caption edit. Fields not used by `tool` are ignored."""
@@ -63,46 +119,23 @@ class ToolRequest:
     max_length: int = 0
     tags: str = ""
     review_state: str = ""
+    regex: bool = False
+    text: str = ""
+    max_words: int = 0
+    max_tokens: int = 0
+
+    def step(self) -> postprocess.Step:
+        if self.tool not in TOOL_STEPS:
+            raise InvalidInput(f"Unknown caption tool {self.tool!r}; use one of {', '.join(TOOLS)}.",
+                               [{"loc": ["tool"], "msg": "unknown"}])
+        return postprocess.Step(op=TOOL_STEPS[self.tool], find=self.find, replace=self.replace, regex=self.regex,
+                                text=self.text, tags=self.tags, max_words=self.max_words,
+                                max_tokens=self.max_tokens, max_length=self.max_length)
 
 
 def apply_tool(request: ToolRequest, caption: str, trigger_word: str) -> str:
     """The caption after the tool; pure, so a preview and the real run agree."""
-    if request.tool == "add_trigger":
-        if not trigger_word:
-            raise InvalidInput("This dataset has no trigger word yet; set one first.")
-        tags = _split_tags(caption)
-        if trigger_word in tags or re.search(rf"(^|\W){re.escape(trigger_word)}(\W|$)", caption):
-            return caption
-        return f"{trigger_word}, {caption}" if caption else trigger_word
-    if request.tool == "replace":
-        if not request.find:
-            raise InvalidInput("Say what to find.", [{"loc": ["find"], "msg": "required"}])
-        return caption.replace(request.find, request.replace)
-    if request.tool == "clean_whitespace":
-        text = " ".join(caption.split())
-        text = re.sub(r"\s+([,.;:])", r"\1", text)
-        text = re.sub(r",(?=\S)", ", ", text)
-        return re.sub(r"(,\s*)+,", ",", text).strip(" ,")
-    if request.tool == "truncate":
-        if request.max_length <= 0:
-            raise InvalidInput("Give a maximum length above zero.", [{"loc": ["max_length"], "msg": "required"}])
-        if len(caption) <= request.max_length:
-            return caption
-        cut = caption[:request.max_length]
-        # Prefer to cut at a tag or word boundary, so no half-word ends up in the caption.
-        boundary = max(cut.rfind(","), cut.rfind(" "))
-        return (cut[:boundary] if boundary > request.max_length // 2 else cut).rstrip(" ,")
-    if request.tool == "append_tags":
-        new = [t for t in _split_tags(request.tags) if t]
-        if not new:
-            raise InvalidInput("Give the tags to append.", [{"loc": ["tags"], "msg": "required"}])
-        existing = _split_tags(caption)
-        missing = [t for t in new if t not in existing]
-        if not missing:
-            return caption
-        return ", ".join([caption.rstrip(" ,"), *missing]) if caption.strip() else ", ".join(missing)
-    raise InvalidInput(f"Unknown caption tool {request.tool!r}; use one of {', '.join(TOOLS)}.",
-                       [{"loc": ["tool"], "msg": "unknown"}])
+    return postprocess.apply_step(caption, request.step(), postprocess.Context(trigger=trigger_word))
 
 
 def run_tool(dataset: Dataset, request: ToolRequest, user) -> dict:
@@ -148,5 +181,3 @@ def undo_batch(dataset: Dataset, batch: uuid.UUID, user) -> dict:
     return {"restored": restored, "skipped_edited_since": skipped}
 
 
-def _split_tags(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",")]

@@ -7,10 +7,12 @@ import io
 from PIL import Image, ImageDraw
 
 from datasets_app.ingest import Entry, ingest_entries
-from datasets_app.models import Dataset, DatasetImage, ReviewState
+from datasets_app.models import CaptionProvider, Dataset, DatasetImage, ProviderType, ReviewState
 from datasets_app.services import set_review_state
 
 NAME = "demo-shapes"
+DEMO_PROVIDER = "Template"
+DEMO_TEMPLATE = "a photo of {trigger}, {filename}"
 TRIGGER = "shp"
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 220), "yellow": (240, 200, 30),
            "purple": (140, 60, 180), "white": (245, 245, 245)}
@@ -50,4 +52,8 @@ def seed_demo(team, user, out) -> None:
         entries.append(Entry(name=f"{stem}.txt", path=f"{stem}.txt", read=lambda caption=caption: caption))
     report = ingest_entries(dataset, entries, user=user)
     set_review_state(DatasetImage.objects.filter(dataset=dataset), ReviewState.APPROVED, user)
+    # A captioner that needs nothing set up, so a newcomer can auto-caption the demo dataset at once.
+    provider, created = CaptionProvider.objects.get_or_create(team=team, name=DEMO_PROVIDER, defaults={
+        "type": ProviderType.SIMPLE, "prompt": DEMO_TEMPLATE, "concurrency": 4})
+    out.write(f"caption provider {provider.name}: {'added' if created else 'exists'}\n")
     out.write(f"dataset {NAME}: {dataset.images.count()} images ({len(report.added)} new)\n")

@@ -126,3 +126,122 @@ class Caption(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+
+class ProviderType(models.TextChoices):
+    HF = "hf", "Hugging Face image-to-text endpoint"
+    OPENAI = "openai", "OpenAI-compatible vision chat"
+    OLLAMA = "ollama", "Ollama"
+    LOCAL = "local", "Local transformers model"
+    SIMPLE = "simple", "Template"
+
+
+class CaptionProvider(models.Model):
+    """A captioner a team (or, with no team, every team) can use. The API key is never stored:
+    `api_key_env` names the environment variable that holds it on the captioning workers."""
+
+    uuid = models.UUIDField(default=uuid4, unique=True, editable=False)
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="caption_providers", help_text="Empty: available to every team.")
+    name = models.CharField(max_length=80)
+    type = models.CharField(max_length=10, choices=ProviderType.choices)
+    base_url = models.CharField(max_length=500, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    prompt = models.TextField(blank=True, default="", help_text="Default prompt (the template for `simple`).")
+    api_key_env = models.CharField(max_length=100, blank=True, default="",
+                                   help_text="NAME of the environment variable holding the key, e.g. CAPTION_KEY_DEMO.")
+    concurrency = models.PositiveIntegerField(default=4)
+    timeout_seconds = models.PositiveIntegerField(default=60)
+    max_image_side = models.PositiveIntegerField(default=768)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="caption_provider_name_unique_in_team"),
+            models.UniqueConstraint(fields=["name"], condition=Q(team__isnull=True),
+                                    name="global_caption_provider_name_unique"),
+        ]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.team.slug if self.team_id else 'global'}/{self.name}"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CANCELLING = "cancelling", "Cancelling"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class CaptionMode(models.TextChoices):
+    UNCAPTIONED = "uncaptioned", "Only images without a caption"
+    OVERWRITE = "overwrite", "Replace every caption"
+    PREPEND = "prepend", "Put the new caption before the old one"
+    APPEND = "append", "Put the new caption after the old one"
+
+
+class CaptionRun(models.Model):
+    """One auto-captioning pass over a dataset. Provider, model, prompt, mode and post-processing
+    are recorded as they were when it started; its captions carry its uuid as their batch."""
+
+    uuid = models.UUIDField(default=uuid4, unique=True, editable=False)
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="caption_runs")
+    provider = models.ForeignKey(CaptionProvider, null=True, on_delete=models.SET_NULL, related_name="runs")
+    provider_name = models.CharField(max_length=80)
+    provider_type = models.CharField(max_length=10, choices=ProviderType.choices)
+    model = models.CharField(max_length=200, blank=True, default="")
+    prompt = models.TextField(blank=True, default="")
+    mode = models.CharField(max_length=12, choices=CaptionMode.choices, default=CaptionMode.UNCAPTIONED)
+    postprocess = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    worker_id = models.CharField(max_length=200, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Written by the worker while it runs; a stale one means the worker died and the run is re-sent.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    resent_at = models.DateTimeField(null=True, blank=True)
+    undone_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="caption_run_by_status")]
+
+    def __str__(self) -> str:
+        return f"{self.provider_name} on {self.dataset_id} ({self.status})"
+
+
+class ItemStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class CaptionRunItem(models.Model):
+    """One image of a run. Its status is the idempotency key: a result is saved only while the item
+    is pending, under its row lock, so a re-delivered run never writes a second version."""
+
+    run = models.ForeignKey(CaptionRun, on_delete=models.CASCADE, related_name="items")
+    image = models.ForeignKey(DatasetImage, on_delete=models.CASCADE, related_name="caption_run_items")
+    status = models.CharField(max_length=8, choices=ItemStatus.choices, default=ItemStatus.PENDING)
+    error = models.TextField(blank=True, default="")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "image"], name="one_item_per_image_per_run")]
+        indexes = [models.Index(fields=["run", "status"], name="caption_item_by_status")]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.image_id}: {self.status}"

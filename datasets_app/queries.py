@@ -8,8 +8,9 @@ import uuid
 from django.db.models import Count, F, QuerySet
 from django.urls import reverse
 
+from datasets_app.captioning import tokens
 from datasets_app.imaging import crop_preview
-from datasets_app.models import Caption, Dataset, DatasetImage, ReviewState
+from datasets_app.models import Caption, Dataset, DatasetImage, ItemStatus, ReviewState
 from lorasite.accounts import access
 from lorasite.accounts.models import Role
 from lorasite.errors import InvalidInput
@@ -67,6 +68,7 @@ def image_out(image: DatasetImage, dataset: Dataset, crop_at: tuple[int, bool] |
         "size_bytes": image.size_bytes, "review_state": image.review_state,
         "reviewed_by": image.reviewed_by.username if image.reviewed_by_id else None,
         "reviewed_at": image.reviewed_at, "repeats": image.repeats, "caption": image.caption,
+        **caption_token_fields(image.caption),
         "near_duplicate_of": near, "created_at": image.created_at,
         "thumbnail_url": image_url("datasets:image-thumbnail", image.uuid),
         "file_url": image_url("datasets:image-file", image.uuid),
@@ -74,6 +76,12 @@ def image_out(image: DatasetImage, dataset: Dataset, crop_at: tuple[int, bool] |
     if crop_at is not None:
         out["crop"] = crop_fractions(image.width, image.height, *crop_at)
     return out
+
+
+def caption_token_fields(caption: str) -> dict:
+    """CLIP token count of a caption (SD 1.5/SDXL read 75); exact only with a configured tokenizer."""
+    count = tokens.count_tokens(caption)
+    return {"caption_tokens": count.count, "caption_tokens_exact": count.exact}
 
 
 _PLACEHOLDER = uuid.UUID(int=0)
@@ -101,8 +109,9 @@ def crop_fractions(width: int, height: int, resolution: int, bucketing: bool) ->
 
 
 def image_page(dataset: Dataset, review_state: str = "", page: int = 1, page_size: int = 50,
-               crop_at: tuple[int, bool] | None = None) -> dict:
-    """One page of a dataset's images: two queries whatever the page size."""
+               crop_at: tuple[int, bool] | None = None, caption_run=None) -> dict:
+    """One page of a dataset's images: two queries whatever the page size. With `caption_run`,
+    only the images that run captioned."""
     if review_state and review_state not in ReviewState.values:
         raise InvalidInput(f"review_state must be one of {', '.join(ReviewState.values)}.",
                            [{"loc": ["review_state"], "msg": "unknown state"}])
@@ -112,6 +121,8 @@ def image_page(dataset: Dataset, review_state: str = "", page: int = 1, page_siz
     rows = image_rows(dataset)
     if review_state:
         rows = rows.filter(review_state=review_state)
+    if caption_run is not None:
+        rows = rows.filter(caption_run_items__run=caption_run, caption_run_items__status=ItemStatus.DONE)
     count = rows.count()
     pages = max(1, math.ceil(count / page_size))
     # Past the end is the last page (a huge number would also overflow Postgres' OFFSET).

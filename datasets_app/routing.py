@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from datasets_app.consumers import DatasetConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/datasets/<uuid:dataset_id>/", DatasetConsumer.as_asgi()),
+]

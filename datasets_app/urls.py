@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from datasets_app import views
+from datasets_app import caption_views, views
 
 app_name = "datasets"
 
 urlpatterns = [
     path("teams/<slug:slug>/datasets/", views.dataset_list, name="list"),
+    path("teams/<slug:slug>/captioners/", caption_views.captioners, name="captioners"),
     path("teams/<slug:slug>/datasets/<uuid:dataset_id>/", views.dataset_detail, name="detail"),
     path("teams/<slug:slug>/datasets/<uuid:dataset_id>/review/", views.dataset_review, name="review"),
     path("teams/<slug:slug>/datasets/<uuid:dataset_id>/edit/", views.dataset_edit, name="edit"),

@@ -9,11 +9,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from datasets_app import queries, services
+from datasets_app import caption_runs, queries, services
+from datasets_app.caption_providers import usable_by
+from datasets_app.captioning import tokens
 from datasets_app.imaging import convert_format, open_image
-from datasets_app.models import DatasetImage, ReviewState
+from datasets_app.models import CaptionMode, DatasetImage, ReviewState
 from datasets_app.stats import dataset_stats
 from datasets_app.storage import media_path
 from lorasite.accounts import access
@@ -78,16 +81,36 @@ def dataset_detail(request, slug: str, dataset_id):
     role = access.role_in(request.user, team)
     state = request.GET.get("state", "")
     state = state if state in ReviewState.values else ""
-    page = queries.image_page(dataset, state, _page(request.GET.get("page")), GRID_PAGE_SIZE)
+    run = _run_filter(request, dataset)
+    page = queries.image_page(dataset, state, _page(request.GET.get("page")), GRID_PAGE_SIZE, caption_run=run)
+    runs = caption_runs.runs_for(dataset, limit=5)
+    latest = caption_runs.run_out(runs[0], errors=20) if runs else None
     stats = dataset_stats(dataset)
     context = {
         "team": team, "dataset": dataset, "role": role, "can_write": role.allows(Role.MEMBER),
         "state": state, "states": ReviewState.choices, "page": page, "stats": stats,
         "resolutions": resolution_choices(dataset, stats),
-        "page_json": json.dumps({"dataset": str(dataset.uuid), "state": state,
-                                 "resolution": dataset.default_resolution}, cls=DjangoJSONEncoder),
+        "run_filter": run, "caption_runs": runs, "caption_modes": CaptionMode.choices,
+        "token_limit": tokens.LIMIT, "caption_providers": list(usable_by(team).filter(enabled=True)),
+        "page_json": json.dumps({"dataset": str(dataset.uuid), "state": state, "team": team.slug,
+                                 "resolution": dataset.default_resolution, "tokenLimit": tokens.LIMIT,
+                                 "run": str(run.uuid) if run else "", "latestRun": latest,
+                                 "reviewUrl": reverse("datasets:review", args=[team.slug, dataset.uuid]),
+                                 "trigger": dataset.trigger_word}, cls=DjangoJSONEncoder),
     }
     return render(request, "datasets/detail.html", context)
+
+
+def _run_filter(request, dataset):
+    """`?run=<uuid>`: only the images that caption run captioned (a run of this dataset)."""
+    ref = request.GET.get("run", "")
+    if not ref:
+        return None
+    with page_errors("Caption run not found"):
+        run = caption_runs.get_run(request.user, ref)
+    if run.dataset_id != dataset.pk:
+        raise Http404("Caption run not found")
+    return run
 
 
 @login_required
@@ -97,10 +120,14 @@ def dataset_review(request, slug: str, dataset_id):
     role = access.role_in(request.user, team)
     state = request.GET.get("state", ReviewState.PENDING)
     state = state if state in ReviewState.values or state == "" else ReviewState.PENDING
-    config = {"dataset": str(dataset.uuid), "state": state, "canWrite": role.allows(Role.MEMBER)}
+    run = _run_filter(request, dataset)
+    if run is not None and "state" not in request.GET:
+        state = ""  # reviewing a run's captions: every image it captioned, whatever its state
+    config = {"dataset": str(dataset.uuid), "state": state, "canWrite": role.allows(Role.MEMBER),
+              "run": str(run.uuid) if run else "", "tokenLimit": tokens.LIMIT}
     return render(request, "datasets/review.html", {
         "team": team, "dataset": dataset, "role": role, "state": state, "states": ReviewState.choices,
-        "config_json": json.dumps(config)})
+        "run_filter": run, "config_json": json.dumps(config)})
 
 
 @login_required

@@ -20,11 +20,13 @@ def domain_error(request, exc: DomainError):
 
 def _mount() -> None:
     from datasets_app.api import router as datasets_router
+    from datasets_app.caption_api import router as captioning_router
     from lorasite.accounts.api import router as accounts_router
     from training_app.api import router as training_router
 
     api.add_router("/", accounts_router)
     api.add_router("/", datasets_router)
+    api.add_router("/", captioning_router)
     api.add_router("/", training_router)
 
 

@@ -14,6 +14,7 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 JOB_CHANGED = "job.changed"
+CAPTION_RUN_CHANGED = "caption_run.changed"
 
 Listener = Callable[..., None]
 _listeners: dict[str, list[Listener]] = defaultdict(list)

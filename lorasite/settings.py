@@ -165,6 +165,17 @@ JOB_REDISPATCH_AFTER_SECONDS = env_int("JOB_REDISPATCH_AFTER_SECONDS", 300, mini
 # Every job checkpoints at least this often (wall time), whatever its preset's save_every_n_steps.
 JOB_CHECKPOINT_SECONDS = env_int("JOB_CHECKPOINT_SECONDS", 300, minimum=1)
 JOB_TIME_LIMIT_HOURS = env_int("JOB_TIME_LIMIT_HOURS", 48, minimum=1)
+# Auto-captioning: local models live in folders under CAPTION_MODELS_DIR (a team's provider names
+# one); CLIP_TOKENIZER_DIR, a real CLIP tokenizer folder (e.g. an SD model's tokenizer/), makes the
+# caption token counts exact (see docs/captioning.md).
+CAPTION_MODELS_DIR = Path(env_str("CAPTION_MODELS_DIR", str(LORASITE_MODELS_DIR / "captioners")))
+CAPTION_TORCH_THREADS = env_int("CAPTION_TORCH_THREADS", 2, minimum=1)
+CLIP_TOKENIZER_DIR = env_str("CLIP_TOKENIZER_DIR", "")
+# Team providers may target private/loopback addresses (a LAN Ollama or vLLM) only if allowed;
+# embedded mode (a laptop) allows them by default. Providers without a team are the operator's.
+CAPTION_ALLOW_PRIVATE_URLS = env_bool("CAPTION_ALLOW_PRIVATE_URLS", not DATABASE_URL)
+# A running caption run whose worker has not written a heartbeat for this long is re-sent.
+CAPTION_RUN_STALE_SECONDS = env_int("CAPTION_RUN_STALE_SECONDS", 60, minimum=2)
 # Team webhooks may not target loopback/private addresses unless the operator allows it.
 WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
 # The portal's public address (https://lora.example.com). Set, remote backends that can call back

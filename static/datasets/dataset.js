@@ -169,6 +169,7 @@
       const image = await send("PATCH", `/api/images/${card.dataset.image}`, { caption: textarea.value });
       textarea.dataset.saved = image.caption;
       status.textContent = "saved";
+      if (window.lorasiteCaptions) window.lorasiteCaptions.showTokens(card, image.caption_tokens, image.caption_tokens_exact);
     } catch (error) {
       status.textContent = error.message;
       status.classList.add("error");
@@ -208,7 +209,7 @@
     const select = tools.querySelector("[data-tool]");
     const result = root.querySelector("[data-tools-result]");
     const showFields = () => tools.querySelectorAll("[data-tool-field]").forEach((el) => {
-      el.hidden = el.dataset.toolField !== select.value;
+      el.hidden = !el.dataset.toolField.split(" ").includes(select.value);
     });
     select.addEventListener("change", showFields);
     showFields();
@@ -216,6 +217,9 @@
       event.preventDefault();
       const data = Object.fromEntries(new FormData(tools).entries());
       data.max_length = Number(data.max_length || 0);
+      data.max_words = Number(data.max_words || 0);
+      data.max_tokens = Number(data.max_tokens || 0);
+      data.regex = data.regex === "true";
       if (!data.review_state) delete data.review_state;
       try {
         const run = await send("POST", `${api}/captions/tools`, data);

@@ -15,6 +15,7 @@
     name: root.querySelector("[data-review-name]"),
     size: root.querySelector("[data-review-size]"),
     empty: root.querySelector("[data-review-empty]"),
+    tokens: root.querySelector("[data-review-tokens]"),
   };
   let images = [];
   let index = 0;
@@ -41,6 +42,7 @@
 
   async function load() {
     const query = new URLSearchParams({ page_size: "200", review_state: config.state });
+    if (config.run) query.set("caption_run", config.run);  // walk just the images one caption run captioned
     let page = 1, pages = 1;
     images = [];
     // Review works on a fixed list: approving an image must not shift the ones after it.
@@ -76,8 +78,16 @@
     caption.value = image.caption;
     savedCaption = image.caption;
     status.textContent = "";
+    showTokens(image);
     // Warm the next image so J feels instant.
     if (images[index + 1]) { const next = new Image(); next.src = images[index + 1].file_url; }
+  }
+
+  function showTokens(image) {
+    const over = image.caption_tokens > config.tokenLimit;
+    els.tokens.textContent = `${image.caption_tokens_exact ? "" : "≥"}${image.caption_tokens} CLIP tokens` +
+      (over ? ` — over ${config.tokenLimit}: SD 1.5 and SDXL ignore the rest` : "");
+    els.tokens.className = `small ${over ? "warn" : "muted"}`;
   }
 
   async function saveCaption() {
@@ -88,6 +98,7 @@
       const updated = await send("PATCH", `/api/images/${image.id}`, { caption: caption.value });
       Object.assign(image, updated);
       savedCaption = updated.caption;
+      showTokens(image);
       status.textContent = "caption saved";
     } catch (error) {
       status.textContent = error.message;

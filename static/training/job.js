@@ -105,35 +105,10 @@ document.addEventListener("DOMContentLoaded", () => {
     if (lines.length > 600) log.textContent = lines.slice(-500).join("\n");
     if (stick) log.scrollTop = log.scrollHeight;
   }
-  const LAYOUT_LABELS = { kohya: "Download kohya / A1111 / ComfyUI", diffusers: "Download diffusers",
-                          remote: "Download as the remote trainer wrote it" };
   async function refreshFiles() {
-<<<<<<< HEAD
-    const response = await fetch(root.dataset.artifactsUrl, { credentials: "same-origin" });
-    if (!response.ok) return;
-    const files = (await response.json()).filter((a) => a.kind.startsWith("lora_"));
-    if (!files.length) return;
-    const list = q("[data-files]");
-    list.innerHTML = "";
-    for (const file of files) {
-      const layout = { lora_kohya: "kohya", lora_remote: "remote" }[file.kind] || "diffusers";
-      const li = document.createElement("li");
-      const link = document.createElement("a");
-      link.className = "button-link";
-      link.href = `/api/jobs/${initial.job}/weights?layout=${layout}`;
-      link.setAttribute("download", "");
-      link.textContent = LAYOUT_LABELS[layout];
-      const meta = document.createElement("span");
-      meta.className = "muted small";
-      meta.textContent = ` ${(file.size_bytes / 1048576).toFixed(2)} MB · sha256 ${file.sha256.slice(0, 12)}…`;
-      li.append(link, meta);
-      list.append(li);
-    }
-=======
     // The server renders the list, so a live update reads exactly like a fresh load.
     const response = await fetch(root.dataset.filesUrl, { credentials: "same-origin" });
     if (response.ok) q("[data-files]").innerHTML = await response.text();
->>>>>>> jobpage
   }
 
   // -- buttons, in place ---------------------------------------------------------------------------

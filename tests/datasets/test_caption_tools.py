@@ -19,6 +19,13 @@ from tests.datasets.test_images_api import make_images
     (ToolRequest("truncate", max_length=14), "a dog, running fast", "a dog, running"),
     (ToolRequest("append_tags", tags="masterpiece, best quality"), "a dog", "a dog, masterpiece, best quality"),
     (ToolRequest("append_tags", tags="best quality"), "a dog, best quality", "a dog, best quality"),
+    (ToolRequest("replace", find=r"\bdogs?\b", replace="cat", regex=True), "a dog, two dogs", "a cat, two cat"),
+    (ToolRequest("strip_boilerplate"), "The image shows a dog", "a dog"),
+    (ToolRequest("dedupe_tags"), "dog, cat, dog", "dog, cat"),
+    (ToolRequest("underscores"), "long_hair", "long hair"),
+    (ToolRequest("prefix", text="photo"), "a dog", "photo, a dog"),
+    (ToolRequest("suffix", text="35mm"), "a dog", "a dog, 35mm"),
+    (ToolRequest("truncate_words", max_words=2), "a big dog", "a big"),
 ])
 def test_each_caption_tool_does_what_its_name_says(request_, before, after):
     assert apply_tool(request_, before, "ohwx") == after
@@ -28,6 +35,16 @@ def test_tool_with_missing_parameters_is_refused_before_anything_changes(dataset
     make_images(dataset, 2)
     with pytest.raises(InvalidInput):
         apply_tool(ToolRequest("replace"), "x", "ohwx")
+
+
+def test_a_bad_regex_in_the_tool_is_a_422_and_changes_nothing(dataset, member, api_for):
+    image = make_images(dataset, 1)[0]
+    set_caption(image, "a dog", member)
+    response = api_for(member).post(f"/api/datasets/{dataset.uuid}/captions/tools",
+                                    {"tool": "replace", "find": "(", "regex": True})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["find"]
+    assert DatasetImage.objects.get(pk=image.pk).caption == "a dog"
 
 
 def test_tool_run_then_undo_restores_every_caption(dataset, member, api_for):
