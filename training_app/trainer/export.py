@@ -348,6 +348,21 @@ def comfyui_lora_to_peft(tensors: Mapping[str, Any], layers_per_block: int) -> t
     return out, ranks.pop(), dropped
 
 
+def kohya_state_dict_from_peft(unet_sd: Mapping[str, Any], family: str, layers_per_block: int) -> dict[str, Any]:
+    """kohya keys for a UNet LoRA given as peft tensors (`<module>.lora_A/B.weight`, scale already in B,
+    so alpha == rank)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, tensor in unet_sd.items():
+        module, which, _ = key.rsplit(".", 2)
+        name = kohya_module_name("unet", module, family, layers_per_block)
+        out[f"{name}.{'lora_down' if which == 'lora_A' else 'lora_up'}.weight"] = tensor.contiguous()
+        if which == "lora_A":
+            out[f"{name}.alpha"] = torch.tensor(float(tensor.shape[0]))
+    return out
+
+
 def save_layouts_from_comfyui(source: Path, family: str, out_dir: Path, stem: str, layers_per_block: int,
                               metadata: Mapping[str, str]) -> tuple[Path, Path, list[str]]:
     """Write the kohya and diffusers files for a ComfyUI-trained SD 1.5/SDXL LoRA; returns both paths
@@ -359,7 +374,8 @@ def save_layouts_from_comfyui(source: Path, family: str, out_dir: Path, stem: st
     targets = sorted({k.rsplit(".", 2)[0] for k in unet_sd})  # exact module paths
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
     meta = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), **dict(metadata)}
-    kohya = save_kohya_lora(out_dir / f"{stem}.safetensors", {"unet": unet_sd}, family, rank, meta, layers_per_block)
+    kohya = _atomic_save(kohya_state_dict_from_peft(unet_sd, family, layers_per_block),
+                         out_dir / f"{stem}.safetensors", meta)
     diffusers = save_diffusers_lora(out_dir / f"{stem}.diffusers.safetensors", {"unet": unet_sd}, {"unet": config},
                                     family, meta)
     return kohya, diffusers, dropped
