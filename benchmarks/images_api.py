@@ -35,8 +35,10 @@ def main() -> None:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
+    from PIL import Image
 
     from datasets_app.models import Dataset, DatasetImage, ReviewState, StoredBlob
+    from datasets_app.near_duplicates import signature
     from lorasite.accounts.models import ApiToken, Membership, Role, Team
 
     user, _ = get_user_model().objects.get_or_create(username="bench-reader")
@@ -49,8 +51,9 @@ def main() -> None:
         StoredBlob(sha256=f"{prefix}{i:048x}", file=f"blobs/xx/{prefix}{i}.jpg", format="JPEG", size_bytes=150_000)
         for i in range(args.images)], batch_size=1000)
     states = [ReviewState.PENDING, ReviewState.APPROVED, ReviewState.REJECTED]
+    phash = signature(Image.linear_gradient("L").convert("RGB"))  # a real one's length (747 characters)
     images = DatasetImage.objects.bulk_create([
-        DatasetImage(dataset=dataset, blob=b, sha256=b.sha256, phash=f"{i:016x}", width=1024, height=1024,
+        DatasetImage(dataset=dataset, blob=b, sha256=b.sha256, phash=phash, width=1024, height=1024,
                      format="JPEG", size_bytes=150_000, original_name=f"img_{i:05d}.jpg", review_state=states[i % 3],
                      caption=f"ohwx, photo number {i}, studio light, 85mm", repeats=1 + i % 4,
                      reviewed_by=user if i % 3 else None)

@@ -95,8 +95,9 @@ def _steps(grey: Image.Image) -> tuple[Image.Image, Image.Image, Image.Image]:
 
 
 def _above(images: tuple[Image.Image, Image.Image], threshold: float) -> int:
-    """Bit per cell of both direction's grids (cell k of the first image is bit k): value > threshold."""
-    table = [49 if value > threshold else 48 for value in range(256)]  # b"1" and b"0"
+    """Bit per cell of both directions' grids (cell k of the first image is bit k): value > threshold."""
+    below = min(255, int(threshold)) + 1  # grey values are whole: v > t exactly when v > int(t)
+    table = [48] * below + [49] * (256 - below)  # b"0", b"1"
     return int((images[0].point(table).tobytes() + images[1].point(table).tobytes())[::-1], 2)
 
 
