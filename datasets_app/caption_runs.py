@@ -28,6 +28,7 @@ from datasets_app.models import (
 )
 from lorasite.accounts import access
 from lorasite.accounts.models import Role
+from lorasite.broker import get_broker, send_on_commit
 from lorasite.errors import Conflict, InvalidInput
 
 MAX_PROMPT_CHARS = 4000
@@ -75,9 +76,6 @@ def start_run(dataset: Dataset, user, provider_ref: str, prompt: str | None, mod
               steps: list[postprocess.Step], send: bool = True) -> CaptionRun:
     """Check everything that can be checked here, record the run and its images, send it to the
     captioning queue (`send=False`: the caller runs it itself, as `manage.py caption_dataset` does)."""
-    from datasets_app.tasks import caption_run_actor
-    from lorasite.broker import send_on_commit
-
     provider = get_usable(dataset.team, provider_ref)
     prompt = provider.prompt if prompt is None else prompt
     if len(prompt) > MAX_PROMPT_CHARS or "\x00" in prompt:
@@ -109,7 +107,8 @@ def start_run(dataset: Dataset, user, provider_ref: str, prompt: str | None, mod
                                            batch_size=1000)
         lifecycle.submit(run)
         if send:
-            send_on_commit(caption_run_actor, str(run.uuid))
+            # By name: the actor's module runs the runs, which use this module (no import circle).
+            send_on_commit(get_broker().get_actor("caption_run_actor"), str(run.uuid))
     return run
 
 
