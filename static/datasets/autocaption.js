@@ -108,6 +108,7 @@
                   errors: (current.errors || []).concat(msg.errors.map((e) => ({ ...e, name: e.image }))) });
       }
       applyCaptions(msg.captions);
+      if (window.lorasiteDataset) window.lorasiteDataset.refresh();
     }
   }
   window.lorasiteLive.connect(`/ws/datasets/${config.dataset}/`, { onMessage });
@@ -160,7 +161,8 @@
     try {
       const back = await send("POST", `/api/caption-runs/${current.id}/undo`);
       els.result.textContent = `${back.restored} captions restored${back.skipped_edited_since ? `, ${back.skipped_edited_since} edited since and left alone` : ""}.`;
-      window.setTimeout(() => window.location.reload(), 800);
+      if (window.lorasiteDataset) window.lorasiteDataset.refresh({ grid: true, delay: 0 });
+      else window.setTimeout(() => window.location.reload(), 800);
     } catch (error) {
       els.result.textContent = error.message;
     }

@@ -109,6 +109,7 @@
     }
     await Promise.all([worker(), worker(), worker()]);
     showSummary(totals);
+    if (totals.added.length) refreshPanels({ grid: true, delay: 0 });
   }
 
   function showSummary(totals) {
@@ -169,6 +170,7 @@
       const image = await send("PATCH", `/api/images/${card.dataset.image}`, { caption: textarea.value });
       textarea.dataset.saved = image.caption;
       status.textContent = "saved";
+      refreshPanels();
       if (window.lorasiteCaptions) window.lorasiteCaptions.showTokens(card, image.caption_tokens, image.caption_tokens_exact);
     } catch (error) {
       status.textContent = error.message;
@@ -176,7 +178,9 @@
     }
   }
 
-  for (const card of root.querySelectorAll("[data-image]")) {
+  function bindCard(card) {
+    if (card.dataset.bound) return;
+    card.dataset.bound = "1";
     const textarea = card.querySelector("[data-caption]");
     textarea.dataset.saved = textarea.value;
     if (!textarea.readOnly) {
@@ -196,12 +200,57 @@
           const label = card.querySelector("[data-state-label]");
           label.textContent = image.review_state;
           label.className = `state state-${image.review_state}`;
+          refreshPanels();
         } catch (error) {
           card.querySelector("[data-save-state]").textContent = error.message;
         }
       });
     }
   }
+  root.querySelectorAll("[data-image]").forEach(bindCard);
+
+  // --- live panels ------------------------------------------------------------------------------------
+  // The filter counts, the Stats and (after uploads and caption tools) the grid are re-read from the
+  // server's own rendering of this page, so they never drift from what a reload would show. A grid
+  // being edited (a focused or unsaved caption) is left alone.
+  let refreshTimer = null;
+  let refreshGrid = false;
+  function refreshPanels(options = {}) {
+    refreshGrid = refreshGrid || Boolean(options.grid);
+    window.clearTimeout(refreshTimer);
+    refreshTimer = window.setTimeout(loadPanels, options.delay === undefined ? 250 : options.delay);
+  }
+  function gridBusy() {
+    return Array.from(root.querySelectorAll("[data-caption]")).some(
+      (t) => t === document.activeElement || t.value !== t.dataset.saved);
+  }
+  async function loadPanels() {
+    const names = ["filter", "stats"];
+    if (refreshGrid && !gridBusy()) names.push("grid");
+    refreshGrid = false;
+    let html;
+    try {
+      const response = await fetch(window.location.href, { credentials: "same-origin" });
+      if (!response.ok) return;
+      html = await response.text();
+    } catch (error) {
+      return;
+    }
+    const fresh = new DOMParser().parseFromString(html, "text/html");
+    for (const name of names) {
+      const now = root.querySelector(`[data-live-panel="${name}"]`);
+      const next = fresh.querySelector(`[data-live-panel="${name}"]`);
+      if (now && next) now.replaceWith(document.importNode(next, true));
+    }
+    root.querySelectorAll("[data-image]").forEach(bindCard);
+    if (names.includes("grid")) {
+      const reload = summary && summary.querySelector("[data-reload]");
+      if (reload) reload.hidden = true;
+      if (cropToggle && cropToggle.checked) showCrops();
+    }
+    root.dataset.panelsRefreshed = String(Number(root.dataset.panelsRefreshed || 0) + 1);
+  }
+  window.lorasiteDataset = { refresh: refreshPanels };
 
   // --- caption tools ---------------------------------------------------------------------------------
   const tools = root.querySelector("[data-tools-form]");
@@ -224,6 +273,7 @@
       try {
         const run = await send("POST", `${api}/captions/tools`, data);
         result.textContent = `${run.changed} captions changed. `;
+        if (run.changed) refreshPanels({ grid: true, delay: 0 });
         if (run.batch) {
           const undo = document.createElement("button");
           undo.type = "button";
@@ -232,12 +282,9 @@
           undo.addEventListener("click", async () => {
             const back = await send("POST", `${api}/captions/undo`, { batch: run.batch });
             result.textContent = `${back.restored} captions restored.`;
-            window.setTimeout(() => window.location.reload(), 600);
+            refreshPanels({ grid: true, delay: 0 });
           });
-          const reload = document.createElement("a");
-          reload.href = window.location.href;
-          reload.textContent = "Refresh";
-          result.append(undo, document.createTextNode(" · "), reload);
+          result.append(undo);
         }
       } catch (error) {
         result.textContent = error.message;
