@@ -104,9 +104,11 @@ def test_member_uploads_captions_and_reviews_while_outsider_gets_404(browser, li
     assert "1 duplicates" in summary.inner_text()
     assert page.locator("[data-progress] li").count() == 2
 
-    page.locator("[data-reload]").click()
-    page.locator(".ds-card").nth(4).wait_for()
+    # The grid re-reads itself after the uploads: the five new cards appear without a reload, and
+    # the "Show the new images" link goes away once they are there.
+    page.locator(".ds-card").nth(4).wait_for(timeout=15_000)
     assert page.locator(".ds-card").count() == 5
+    page.locator("[data-reload]").wait_for(state="hidden")
 
     # Inline caption edit: saved on blur, no reload.
     card = page.locator(".ds-card", has_text="two.png")

@@ -120,8 +120,12 @@ def test_a_job_still_trains_after_its_dataset_is_deleted(member, dataset_a, tiny
     assert not any((settings.MEDIA_ROOT / i["storage_name"]).exists() for i in job.snapshot["images"])
 
 
-def test_two_jobs_submitted_at_once_both_complete_in_the_embedded_worker(member, dataset_a, tiny_base_model):
+def test_two_jobs_submitted_at_once_both_complete_in_the_embedded_worker(member, dataset_a, tiny_base_model,
+                                                                         monkeypatch):
     import dramatiq
+
+    monkeypatch.delenv("LORASITE_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
     from lorasite.broker import get_broker
 
@@ -148,8 +152,9 @@ def test_two_jobs_submitted_at_once_both_complete_in_the_embedded_worker(member,
 
     expected = max(1, len(os.sched_getaffinity(0)) // 2)
     for job in statuses:
-        assert f"torch threads: {expected} (2 worker thread(s) in this process)" in job.logs.values_list(
-            "line", flat=True)
+        lines = list(job.logs.values_list("line", flat=True))
+        assert any(line.startswith(f"torch threads: {expected} (2 worker thread(s) in this process; ")
+                   for line in lines), lines
 
 
 def test_torch_threads_can_be_set_and_a_bad_value_is_a_clear_error(monkeypatch):
@@ -161,6 +166,37 @@ def test_torch_threads_can_be_set_and_a_bad_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LORASITE_TORCH_THREADS", "lots")
     with pytest.raises(BackendError, match="whole number"):
         torch_threads()
+    # Without ours, an operator's (or a test's) OMP_NUM_THREADS is the choice; ours wins over it.
+    monkeypatch.delenv("LORASITE_TORCH_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert torch_threads() == 1
+    monkeypatch.setenv("LORASITE_TORCH_THREADS", "2")
+    assert torch_threads() == 2
+    monkeypatch.delenv("LORASITE_TORCH_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")
+    with pytest.raises(BackendError, match="OMP_NUM_THREADS must be at least 1"):
+        torch_threads()
+
+
+@pytest.mark.parametrize("package", ["lorasite", "training_app.trainer"])
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_every_training_process_has_sleeping_openmp_waiters_unless_the_operator_says_otherwise(
+    package, given, expected
+):
+    """Spinning OpenMP waiters made a 2-thread training 30-40x slower beside one other busy process.
+    Every portal process (manage.py, daphne, dramatiq) imports the lorasite package first, and the
+    trainer's own command line its package: each sets the policy before torch can load OpenMP."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = f"import {package}, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [expected, "False"]  # set, and torch not loaded yet
 
 
 def test_a_loha_job_from_the_api_config_writes_the_kohya_file_only_and_logs_kohya_step_lines(

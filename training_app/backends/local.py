@@ -45,17 +45,20 @@ def describe_workers(workers: list) -> str:
 
 
 def torch_threads() -> int:
-    """torch's intra-op threads for one training: LORASITE_TORCH_THREADS, else the CPUs this process
-    may use shared by the worker threads that may train at once (two trainings each using every core
-    oversubscribe the CPU and run several times slower)."""
-    raw = os.environ.get("LORASITE_TORCH_THREADS", "").strip()
-    if raw:
+    """torch's intra-op threads for one training: LORASITE_TORCH_THREADS, else OMP_NUM_THREADS (an
+    operator's or a test's explicit choice), else the CPUs this process may use shared by the worker
+    threads that may train at once (two trainings each using every core oversubscribe the CPU and
+    run several times slower)."""
+    for name in ("LORASITE_TORCH_THREADS", "OMP_NUM_THREADS"):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
         try:
             value = int(raw)
         except ValueError:
-            raise BackendError(f"LORASITE_TORCH_THREADS must be a whole number, got {raw!r}") from None
+            raise BackendError(f"{name} must be a whole number, got {raw!r}") from None
         if value < 1:
-            raise BackendError("LORASITE_TORCH_THREADS must be at least 1")
+            raise BackendError(f"{name} must be at least 1")
         return value
     return max(1, len(os.sched_getaffinity(0)) // worker_thread_count())
 
@@ -100,7 +103,8 @@ class LocalBackend:
 
         threads = torch_threads()
         torch.set_num_threads(threads)
-        reporter.log(f"torch threads: {threads} ({worker_thread_count()} worker thread(s) in this process)")
+        reporter.log(f"torch threads: {threads} ({worker_thread_count()} worker thread(s) in this process; "
+                     f"OpenMP wait policy {os.environ.get('OMP_WAIT_POLICY', 'default')})")
         config = TrainingConfig(**job.config)
         output_dir = job_output_dir(job)
         output_dir.mkdir(parents=True, exist_ok=True)
