@@ -18,7 +18,8 @@ def ensure_tiny_models(out=None) -> list[BaseModel]:
     models = []
     for name, family in TINY_MODELS.items():
         folder = Path(settings.LORASITE_MODELS_DIR) / name
-        if not (folder / "model_index.json").is_file():
+        built = not (folder / "model_index.json").is_file()
+        if built:
             build_tiny_model(folder, family=family)
             if out is not None:
                 out.write(f"built tiny {family} model in {name}/")
@@ -27,6 +28,8 @@ def ensure_tiny_models(out=None) -> list[BaseModel]:
                                  "random_weights": True,
                                  "description": f"Tiny random-weight {family.upper()}-shaped model for demos and tests"},
         )
+        if built or not model.weights_sha256:
+            model.store_weights_sha256(folder)
         models.append(model)
     return models
 

@@ -31,6 +31,9 @@ class BaseModel(models.Model):
     enabled = models.BooleanField(default=True)
     random_weights = models.BooleanField(
         default=False, help_text="A model with untrained weights (the demo's tiny models): its samples are noise")
+    weights_sha256 = models.CharField(
+        max_length=64, blank=True,
+        help_text="sha256 of the weights file (a diffusers folder's UNet file), for LoRA headers; empty: not hashed yet")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -39,6 +42,16 @@ class BaseModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def store_weights_sha256(self, path) -> str:
+        """Hash the weights file at `path` (streamed, 1 MiB at a time) and store the digest.
+
+        Raises `ModelHashError` when `path` holds no weights file to hash."""
+        from training_app.trainer.model_hash import base_model_sha256
+
+        self.weights_sha256 = base_model_sha256(path)
+        BaseModel.objects.filter(pk=self.pk).update(weights_sha256=self.weights_sha256)
+        return self.weights_sha256
 
 
 class BackendType(models.TextChoices):

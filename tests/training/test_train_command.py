@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from io import StringIO
 
@@ -57,6 +58,9 @@ def test_make_tiny_model_builds_and_registers_both_families(settings, tmp_path):
     assert (tmp_path / "tiny-sd15" / "model_index.json").is_file()
     assert (tmp_path / "tiny-sdxl" / "unet" / "config.json").is_file()
     assert dict(BaseModel.objects.values_list("name", "family")) == {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
+    for name in ("tiny-sd15", "tiny-sdxl"):
+        unet = (tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+        assert BaseModel.objects.get(name=name).weights_sha256 == hashlib.sha256(unet).hexdigest()
     call_command("make_tiny_model", stdout=StringIO())  # again: nothing rebuilt, nothing duplicated
     assert BaseModel.objects.count() == 2
 

@@ -32,6 +32,20 @@ def single_file_config_dir(family: str) -> Path:
     return models_dir() / "configs" / family
 
 
+def weights_hashes(base, location: Path, reporter) -> dict[str, str]:
+    """The base model's sha256 (hashed and stored the first time a job trains on it: models registered
+    before hashes were) and A1111's short hash (a 64 KiB read), as ModelSpec fields for the LoRA header."""
+    from training_app.trainer.model_hash import ModelHashError, base_model_short_hash
+
+    try:
+        if not base.weights_sha256:
+            reporter.log(f"hashing base model {base.name} (once)")
+            base.store_weights_sha256(location)
+        return {"weights_sha256": base.weights_sha256, "weights_short_hash": base_model_short_hash(location)}
+    except ModelHashError:
+        return {}  # the trainer reports what it cannot hash or load
+
+
 def describe_workers(workers: list) -> str:
     """"1 GPU worker online", "1 CPU worker online (no GPU: slow)", "3 workers online (2 GPU, 1 CPU)"."""
     gpus = sum(1 for w in workers if (w.device or "cpu") != "cpu")
@@ -124,7 +138,8 @@ class LocalBackend:
         try:
             spec = trainer.TrainSpec(
                 model=trainer.ModelSpec(path=location, family=base.family,
-                                        config_dir=single_file_config_dir(base.family) if location.is_file() else None),
+                                        config_dir=single_file_config_dir(base.family) if location.is_file() else None,
+                                        **weights_hashes(base, location, reporter)),
                 items=tuple(items),
                 config=trainer.TrainConfig.from_dict(job.config),
                 output_dir=output_dir,
@@ -132,7 +147,8 @@ class LocalBackend:
                 resume_from=resume_from,
                 checkpoint_every_seconds=settings.JOB_CHECKPOINT_SECONDS,
                 metadata={"job_id": str(job.uuid), "dataset_sha256": job.snapshot_sha256,
-                          "output_name": job_file_stem(job), "trigger_word": job.config.get("trigger_word", "")},
+                          "output_name": job_file_stem(job), "trigger_word": job.config.get("trigger_word", ""),
+                          "author": job.team.name, "description": job.name},
             )
             result = trainer.train(spec, reporter)
         except trainer.TrainerConfigError as exc:

@@ -263,6 +263,9 @@ class ModelSpec:
     family: str = "sd15"
     single_file: bool | None = None  # None: inferred from the path suffix
     config_dir: Path | None = None  # diffusers folder holding configs for single-file loads
+    # The weights file's hashes for the LoRA header (model_hash.py); None: the trainer hashes the file itself.
+    weights_sha256: str | None = None
+    weights_short_hash: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

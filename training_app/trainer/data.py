@@ -181,7 +181,7 @@ class CaptionPolicy:
         return "" if drop else text
 
 
-def tag_frequency(items: Iterable[DatasetItem], trigger_word: str = "") -> dict[str, int]:
+def tag_frequency(items: Iterable[DatasetItem | PreparedImage], trigger_word: str = "") -> dict[str, int]:
     """How many images carry each tag (kohya's ss_tag_frequency, per image not per repeat)."""
     counts: Counter[str] = Counter()
     for item in items:

@@ -11,13 +11,12 @@
   names (as kohya's sd-scripts write them); SDXL UNet modules use the original
   "sgm" names (``input_blocks.4.1...``) like sd-scripts' SDXL LoRAs.
 
-Both files carry kohya-style ``ss_*`` metadata plus our ``lorasite_*`` keys.
+Both files carry the header of ``lora_header.py`` (kohya ``ss_*``/``sshs_*``, ModelSpec, ``lorasite_*``).
 Weights are stored in fp32 so a reload reproduces the trained model exactly.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -25,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .networks import describe, kohya_network_metadata, unet_targets
+from .lora_header import legacy_hash_metadata, with_file_hashes
+from .model_hash import safetensors_data_sha256, short_hash
 
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
 SDXL_TE_PREFIX = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
@@ -37,10 +37,6 @@ _RESNET_SGM = {
     "norm1": "in_layers.0",
     "norm2": "out_layers.0",
 }
-
-
-DORA_SCALE_RULE = ("per output channel, shape (out, 1, ...); stores m*(|W|+eps)/|W+dW| so that ComfyUI and Forge, "
-                   "which divide by the base weight's norm |W|, reproduce peft's m*(W+dW)/|W+dW|")
 
 
 class ExportError(RuntimeError):
@@ -158,12 +154,20 @@ def kohya_state_dict(
 
 
 def _atomic_save(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` with ``metadata`` plus the file's own hashes (``sshs_*``), then move it into place.
+
+    The temporary file is written twice: first with the ``ss_*`` keys only, the file sd-scripts'
+    legacy hash is defined over; its tensor bytes are the final ones (safetensors lays tensors out
+    by dtype and name, whatever the header), so the data hash taken from it holds for the final file.
+    """
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        save_file(tensors, tmp, metadata=legacy_hash_metadata(metadata))
+        metadata = with_file_hashes(metadata, safetensors_data_sha256(tmp), short_hash(tmp))
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -213,83 +217,6 @@ def save_diffusers_lora(
             header = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     return _atomic_save(tensors, Path(path), {**header, **dict(metadata)})
-
-
-def build_metadata(
-    *,
-    cfg: Any,
-    family: str,
-    num_train_images: int,
-    tag_frequency: Mapping[str, int],
-    started_at: float,
-    finished_at: float,
-    steps: int,
-    epoch: int,
-    output_name: str,
-    dataset_sha256: str,
-    base_model_name: str = "",
-    run_metadata: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """kohya ``ss_*`` header keys plus ``lorasite_*`` ones; every value is a string.
-
-    ``run_metadata`` is ``TrainSpec.metadata``: ``job_id`` and
-    ``base_model_name`` are used for their keys, any other entry (besides
-    ``output_name``/``dataset_sha256``, passed separately) is copied verbatim.
-    """
-    run_metadata = dict(run_metadata or {})
-    job_id = str(run_metadata.pop("job_id", ""))
-    base_model_name = str(run_metadata.pop("base_model_name", "") or base_model_name)
-    extra = {k: v for k, v in run_metadata.items() if k not in ("output_name", "dataset_sha256")}
-    version = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
-    meta = {
-        **kohya_network_metadata(cfg),
-        "ss_network_dim": str(cfg.rank),
-        "ss_network_alpha": str(cfg.effective_alpha),
-        "ss_network_dropout": str(cfg.dropout),
-        "ss_base_model_version": version,
-        "ss_v2": "False",
-        "ss_sd_model_name": base_model_name,
-        "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
-        "ss_enable_bucket": str(cfg.bucketing),
-        "ss_num_train_images": str(num_train_images),
-        "ss_tag_frequency": json.dumps({output_name: dict(tag_frequency)}, ensure_ascii=False),
-        "ss_training_started_at": f"{started_at:.3f}",
-        "ss_training_finished_at": f"{finished_at:.3f}",
-        "ss_steps": str(steps),
-        "ss_max_train_steps": str(cfg.max_steps or ""),
-        "ss_epoch": str(epoch),
-        "ss_learning_rate": str(cfg.learning_rate),
-        "ss_unet_lr": str(cfg.learning_rate),
-        "ss_text_encoder_lr": str(cfg.effective_text_encoder_lr if cfg.train_text_encoder else 0.0),
-        "ss_network_train_text_encoder": str(cfg.train_text_encoder),
-        "ss_optimizer": cfg.optimizer,
-        "ss_lr_scheduler": cfg.lr_scheduler,
-        "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
-        "ss_batch_size_per_device": str(cfg.batch_size),
-        "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
-        "ss_mixed_precision": cfg.mixed_precision,
-        "ss_noise_offset": str(cfg.noise_offset),
-        "ss_min_snr_gamma": "" if cfg.min_snr_gamma is None else str(cfg.min_snr_gamma),
-        "ss_caption_dropout_rate": str(cfg.caption_dropout),
-        "ss_shuffle_caption": str(cfg.shuffle_tags),
-        "ss_keep_tokens": str(cfg.keep_tokens),
-        "ss_flip_aug": str(cfg.flip_aug),
-        "ss_gradient_checkpointing": str(cfg.gradient_checkpointing),
-        "ss_seed": str(cfg.seed),
-        "ss_clip_skip": str(cfg.clip_skip),
-        "ss_output_name": output_name,
-        "lorasite_trigger_word": cfg.trigger_word,
-        "lorasite_job_id": job_id,
-        "lorasite_dataset_sha256": dataset_sha256,
-        "lorasite_target_modules": ",".join(unet_targets(cfg.target_layers, cfg.network, cfg.custom_target_modules)),
-        "lorasite_network": describe(cfg.network, cfg.dora),
-        "lorasite_target_layers": cfg.target_layers,
-    }
-    if cfg.dora:
-        meta["lorasite_dora_scale"] = DORA_SCALE_RULE
-    for key, value in extra.items():
-        meta[str(key)] = str(value)
-    return meta
 
 
 # -- LoRAs trained elsewhere ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ uninterrupted run bit for bit on the same machine.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -26,16 +27,18 @@ from .data import (
     CaptionPolicy,
     LatentCache,
     TextCache,
+    buckets_for,
     crop_for,
     dataset_sha256,
     load_pixels,
     module_fingerprint,
     prepare_images,
-    tag_frequency,
 )
-from .export import build_metadata, save_diffusers_lora, save_kohya_lora
+from .export import save_diffusers_lora, save_kohya_lora
 from .lora import attach_lora, components, load_trainable_state_dict, peft_state_dict, trainable_state_dict
+from .lora_header import build_metadata, new_session_id
 from .losses import compute_snr, diffusion_loss, min_snr_weights
+from .model_hash import ModelHashError, base_model_sha256, base_model_short_hash
 from .models import MODEL_LOAD_LOCK, encode_prompts, load_model, sdxl_time_ids
 from .networks import describe, layouts_for
 from .noise import add_noise, offset_noise, prediction_target
@@ -110,6 +113,8 @@ class _Run:
         self.sampler = BucketBatchSampler(self.images, cfg.batch_size, cfg.seed)
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        self.num_epochs = math.ceil(self.total_steps / steps_per_epoch)
+        self.session_id = new_session_id()
         self._setup_optimizer()
 
         self.step = 0
@@ -410,18 +415,23 @@ class _Run:
     def _export(self) -> None:
         cfg, md = self.cfg, self.spec.metadata
         peft_sds = {name: peft_state_dict(module) for name, module in self.components.items()}
+        sha256, short = self.base_model_hashes
         self.metadata = build_metadata(
             cfg=cfg,
             family=self.model.family,
-            num_train_images=sum(im.repeats for im in self.images),
-            tag_frequency=tag_frequency(self.spec.items, cfg.trigger_word),
+            images=self.images,
+            buckets=buckets_for(cfg),
             started_at=self.started_at,
             finished_at=time.time(),
             steps=self.step,
             epoch=self.sampler.epoch + 1,
+            num_epochs=self.num_epochs,
             output_name=self.output_name,
             dataset_sha256=str(md.get("dataset_sha256") or dataset_sha256(self.images)),
+            session_id=self.session_id,
             base_model_name=self.spec.model.path.name,
+            base_model_sha256=sha256,
+            base_model_short_hash=short,
             run_metadata=md,
         )
         self.kohya_path = save_kohya_lora(
@@ -445,6 +455,16 @@ class _Run:
         self.reporter.lora_saved(LORA_KOHYA, self.kohya_path, self.step)
         if self.diffusers_path is not None:
             self.reporter.lora_saved(LORA_DIFFUSERS, self.diffusers_path, self.step)
+
+    @functools.cached_property
+    def base_model_hashes(self) -> tuple[str, str]:
+        """The base model's (sha256, A1111 short hash): as the caller passed them, else hashed here, once."""
+        m = self.spec.model
+        try:
+            return (m.weights_sha256 or base_model_sha256(m.path), m.weights_short_hash or base_model_short_hash(m.path))
+        except ModelHashError as exc:  # the model loaded, so only its hashes go missing from the header
+            self.reporter.log(f"base model not hashed: {exc}")
+            return ("", "")
 
     def _checkpoint_overdue(self) -> bool:
         every = self.spec.checkpoint_every_seconds

@@ -35,9 +35,22 @@ class Command(BaseCommand):
             owner = Team.objects.filter(slug=team).first()
             if owner is None:
                 raise CommandError(f"no team {team!r}")
-        BaseModel.objects.update_or_create(name=name, defaults={
-            "family": family, "location": location, "team": owner, "description": description, "enabled": True})
+        model, _ = BaseModel.objects.update_or_create(name=name, defaults={
+            "family": family, "location": location, "team": owner, "description": description, "enabled": True,
+            "weights_sha256": ""})
         self.stdout.write(f"{name}: {family} at {path}")
+        self._hash(model, path)
+
+    def _hash(self, model: BaseModel, path) -> None:
+        from training_app.trainer.model_hash import ModelHashError
+
+        try:
+            digest = model.store_weights_sha256(path)
+        except ModelHashError as exc:
+            # Still usable: the trainer hashes what it loads, and the LoRA header just lacks the hash.
+            self.stderr.write(f"not hashed: {exc}")
+            return
+        self.stdout.write(f"sha256 {digest}")
 
     def _check(self, path, family: str) -> None:
         try:
