@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -176,6 +177,50 @@ def test_configuration_presets_example_estimates_every_preset_and_a_custom_confi
     assert "server refused a negative learning rate: field config.learning_rate:" in out
 
 
+def test_the_readme_script_runs_as_written(portal_url, token, tmp_path):
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Scripting it\n"):]
+    script = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    draw_folder(tmp_path / "shots")
+    (tmp_path / "readme.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "PYTEST", "LORASITE"))}
+    env.update(LORASITE_URL=portal_url, LORASITE_TOKEN=token)
+    result = subprocess.run([sys.executable, "readme.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "step 50 loss" in result.stdout
+    assert result.stdout.splitlines()[-1] == "saved my-shots.safetensors"
+    with safe_open(str(tmp_path / "my-shots.safetensors"), framework="pt") as weights:
+        assert len(list(weights.keys())) > 0
+    assert Dataset.objects.get(name="my-shots").images.count() == 4
+
+
+def test_uploads_split_into_requests_keep_each_caption_with_its_image(client, member, tmp_path):
+    folder = draw_folder(tmp_path / "shots", count=3)
+    # The same stem in a subfolder: its caption must not be paired with the top-level shape0.png.
+    (folder / "more").mkdir()
+    (folder / "more" / "shape0.png").write_bytes(draw_png(7))
+    (folder / "more" / "shape0.txt").write_text("from the subfolder")
+    dataset = client.create_dataset("split")
+    seen = []
+    report = client.upload_folder(dataset.id, folder, progress=seen.append, max_files_per_request=4)
+    # more/shape0 + caption | shape0, shape1 + captions | shape2 + caption: two shape0s never share one.
+    assert report.requests == 3 and len(report.added) == 4 and not report.rejected
+    captions = {a["sha256"]: a["caption"] for a in report.added}
+    assert captions[hashlib.sha256(draw_png(7)).hexdigest()] == "from the subfolder"
+    assert captions[hashlib.sha256(draw_png(0)).hexdigest()] == "shp, a drawn square number 0"
+    assert [p.sent_bytes for p in seen] == sorted(p.sent_bytes for p in seen)
+    assert seen[-1].fraction == 1.0 and seen[-1].files_done == seen[-1].files_total == 8
+
+    archive = draw_zip(tmp_path / "big.zip")
+    zipped_dataset = client.create_dataset("split-zip")
+    report = client.upload_zip(zipped_dataset.id, archive, max_bytes_per_request=600)
+    assert report.requests > 1
+    zipped = {a["name"].split("/", 1)[1]: a for a in report.added}
+    assert zipped["10_shp/sq3.png"]["caption"] == "a square, number 3"
+    assert client.get_image(zipped["10_shp/sq3.png"]["id"]).repeats == 10
+
+
 def test_a_bad_token_raises_authentication_error(portal_url):
     with Client(portal_url, "lst_not-a-real-token") as portal, pytest.raises(AuthenticationError) as caught:
         portal.list_datasets()
@@ -226,6 +271,9 @@ def test_the_same_idempotency_key_returns_the_first_job(client, dataset_a):
     again = client.submit_job(str(dataset_a.uuid), "tiny-sd15", config=config, idempotency_key="run-1")
     assert again.id == first.id and TrainingJob.objects.count() == 1
     assert client.wait(first.id).status == "completed"
+    with pytest.raises(ConflictError) as caught:
+        client.cancel_job(first.id)
+    assert caught.value.status == 409
     (entry,) = client.library()
     assert entry.job.id == first.id
     assert {a.kind for a in entry.loras} == {"lora_kohya", "lora_diffusers"}
