@@ -45,4 +45,14 @@
     return match ? decodeURIComponent(match[1]) : "";
   }
   window.lorasiteLive = { connect, formatDuration, csrfToken };
+
+  // Behaviour that would otherwise be inline handlers (the Content-Security-Policy allows none).
+  document.addEventListener("change", (event) => {
+    const select = event.target.closest && event.target.closest("[data-submit-on-change]");
+    if (select && select.form) select.form.submit();
+  });
+  document.addEventListener("click", (event) => {
+    const field = event.target.closest && event.target.closest("[data-select-on-focus]");
+    if (field) field.select();
+  });
 })();
