@@ -20,7 +20,8 @@ $(BIN)/python:
 
 # torch first and pinned: this exact CPU build is what the test machines install from local disk;
 # any looser spec resolves to a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Top-level packages too: the editable install maps them when it runs, so a new one means installing again.
+$(VENV)/.installed: pyproject.toml $(wildcard */__init__.py) | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	touch $@
