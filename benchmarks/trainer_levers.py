@@ -8,6 +8,12 @@ the median of its per-pair ratios (lever / as is; > 1 is faster), with min and m
 
     .venv/bin/python benchmarks/trainer_levers.py [--repetitions 5 --steps 30 --threads 1]
     .venv/bin/python benchmarks/trainer_levers.py --levers fused_adamw,channels_last,fused_adamw+channels_last
+    .venv/bin/python benchmarks/trainer_levers.py --adamw-step   # the optimizer step alone, SD 1.5 LoRA set
+
+``--adamw-step`` times ``AdamW.step()`` alone over the LoRA tensors the trainer puts on the real SD 1.5
+UNet (shapes from the meta-device model of ``trainer_flops.py``, rank ``--rank``), per-tensor loop vs
+``foreach`` vs ``fused``, interleaved the same way: on the tiny model the optimizer is too small a share
+of a step to see through a loaded machine's noise.
 
 Levers: ``foreach_adamw`` / ``fused_adamw`` (torch.optim.AdamW's multi-tensor / fused update),
 ``zero_grad_keep`` (``zero_grad(set_to_none=False)``: the trainer sets to None), ``channels_last``
@@ -31,7 +37,8 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import trainer_throughput  # a sibling script: the tiny-model timing of our train()
+import trainer_flops  # sibling scripts: the meta-device models, and the tiny-model timing of our train()
+import trainer_throughput
 
 
 @contextlib.contextmanager
@@ -92,6 +99,46 @@ def _no_sdpa(unet: Any) -> None:
     unet.set_attn_processor(AttnProcessor())
 
 
+def adamw_step_ab(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per AdamW step over the SD 1.5 LoRA tensors: loop vs foreach vs fused, interleaved."""
+    import time
+
+    import torch
+
+    unet = trainer_flops.build_models(trainer_flops.CONFIGS / "sd15")["unet"]
+    trainer_flops.attach_trainer_lora(unet, args.rank, gradient_checkpointing=False)
+    shapes = [tuple(p.shape) for p in unet.parameters() if p.requires_grad]
+    variants = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+    def make(**kind: Any) -> Any:
+        gen = torch.Generator().manual_seed(args.seed)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8, **kind)
+
+    optimizers = {name: make(**kind) for name, kind in variants.items()}
+    for opt in optimizers.values():
+        opt.step()  # warm-up: creates the state
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(args.repetitions):
+        for name in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                optimizers[name].step()
+            times[name].append((time.perf_counter() - t0) / args.steps)
+    out: dict[str, Any] = {"lora_tensors": len(shapes), "lora_params_m": round(sum(
+        torch.Size(s).numel() for s in shapes) / 1e6, 3)}
+    for name, values in times.items():
+        out[f"{name}_ms_per_step"] = round(statistics.median(values) * 1e3, 3)
+    for name in ("foreach", "fused"):
+        ratios = [a / b for a, b in zip(times["loop"], times[name], strict=True)]
+        out[f"{name}_speedup_vs_loop"] = round(statistics.median(ratios), 3)
+        out[f"{name}_speedup_min"] = round(min(ratios), 3)
+        out[f"{name}_speedup_max"] = round(max(ratios), 3)
+    return out
+
+
 LEVERS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "foreach_adamw": lambda: _adamw(foreach=True),
     "fused_adamw": lambda: _adamw(fused=True),
@@ -115,6 +162,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adamw-step", action="store_true", help="time the optimizer step alone (see above)")
     args = ap.parse_args()
     if args.quick:
         args.repetitions, args.steps, args.warmup = 2, 3, 1
@@ -127,6 +175,9 @@ def main() -> None:
 
     trainer_throughput.pin_threads(args.threads)
     out: dict[str, Any] = {}
+    if args.adamw_step:
+        out.update(adamw_step_ab(args))
+        names = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = build_tiny_model(root / "model", "sd15", seed=0)
