@@ -16,7 +16,8 @@ null on an unknown card or the CPU), ``loss_trace`` and ``loss_fell``. A case th
 (8-bit AdamW without bitsandbytes or CUDA, out of the time budget, out of memory) prints its line with
 ``skipped`` set to the reason.
 
-``--smoke`` runs the same cases on the CPU with the tiny SD-shaped model at 64 px for a few steps (the
+``--channels-last`` runs every case with NHWC UNet weights and latents, to compare with a run
+without it (a lever the CPU sandbox can't judge). ``--smoke`` runs the same cases on the CPU with the tiny SD-shaped model at 64 px for a few steps (the
 test suite uses it); its figures mean nothing.
 """
 
@@ -120,6 +121,8 @@ def run_case(case: dict[str, Any], config_dir: Path, args: argparse.Namespace) -
     if weight_dtype != torch.float32:
         unet.to(weight_dtype)
     trainer_flops.attach_trainer_lora(unet, args.rank, case["gradient_checkpointing"], device=device)
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = build_optimizer([{"params": params, "lr": cfg.learning_rate}], cfg, device)
     schedule = build_lr_scheduler(optimizer, cfg, args.warmup + args.steps)
@@ -132,6 +135,8 @@ def run_case(case: dict[str, Any], config_dir: Path, args: argparse.Namespace) -
     hidden = torch.randn(inputs["encoder_hidden_states"].shape, generator=gen).to(device, weight_dtype)
     alphas_cumprod = torch.linspace(0.9991, 0.0047, 1000, device=device)  # SD's scaled-linear range
     noisy = add_noise(latents, noise, alphas_cumprod, timesteps).to(weight_dtype)
+    if args.channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
     target = prediction_target("epsilon", latents, noise, alphas_cumprod, timesteps)
 
     def step() -> float:
@@ -182,6 +187,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="high on purpose: 30 steps must move the loss")
     ap.add_argument("--budget-s", type=float, default=420.0, help="cases that would start later are skipped")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 with --smoke)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="UNet weights and latents in NHWC (a lever to compare against a run without it)")
     args = ap.parse_args()
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     args.steps = args.steps or (4 if args.smoke else 30)
@@ -213,6 +220,7 @@ def main() -> None:
                 "device_name": device_name,
                 "weights": "tiny random model (smoke run)" if args.smoke else WEIGHTS_NOTE,
                 "steps_timed": args.steps,
+                "channels_last": args.channels_last,
                 "s_per_step": None,
                 "images_per_s": None,
                 "peak_vram_gb": None,
