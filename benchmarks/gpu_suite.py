@@ -89,7 +89,7 @@ class FlopCache:
     def get(self, family: str, resolution: int, batch: int) -> int:
         key = (family, resolution, batch)
         if key not in self._done:
-            unet = trainer_flops.build_models(self.config_dirs[family])["unet"]
+            unet = trainer_flops.build_models(self.config_dirs[family], unet_only=True)["unet"]
             trainer_flops.attach_trainer_lora(unet, self.rank, gradient_checkpointing=False)
             self._done[key] = trainer_flops.unet_step_flops(unet, batch, resolution)
         return self._done[key]
@@ -117,7 +117,7 @@ def run_case(case: dict[str, Any], config_dir: Path, args: argparse.Namespace) -
         optimizer=case["optimizer"],
     )
     torch.manual_seed(0)
-    unet = trainer_flops.build_models(config_dir, device=device)["unet"]
+    unet = trainer_flops.build_models(config_dir, device=device, unet_only=True)["unet"]
     if weight_dtype != torch.float32:
         unet.to(weight_dtype)
     trainer_flops.attach_trainer_lora(unet, args.rank, case["gradient_checkpointing"], device=device)

@@ -42,8 +42,9 @@ RESOLUTIONS = {"sd15": 512, "sdxl": 1024}
 TOKENS = 77
 
 
-def build_models(config_dir: Path, device: Any = "meta", dtype: Any = None) -> dict[str, Any]:
-    """UNet, VAE and text encoder(s) from a diffusers-layout folder of configs, random weights on ``device``."""
+def build_models(config_dir: Path, device: Any = "meta", unet_only: bool = False) -> dict[str, Any]:
+    """UNet, VAE and text encoder(s) from a diffusers-layout folder of configs, random weights on ``device``
+    (``unet_only``: just the UNet, for callers that never run the others)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -51,16 +52,14 @@ def build_models(config_dir: Path, device: Any = "meta", dtype: Any = None) -> d
     config_dir = Path(config_dir)
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
+        if unet_only:
+            return {"unet": unet}
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
         encoders = [CLIPTextModel(CLIPTextConfig.from_json_file(config_dir / "text_encoder" / "config.json"))]
         if (config_dir / "text_encoder_2").is_dir():
             cfg2 = CLIPTextConfig.from_json_file(config_dir / "text_encoder_2" / "config.json")
             encoders.append(CLIPTextModelWithProjection(cfg2))
-    if dtype is not None:
-        unet.to(dtype)
-        for enc in encoders:
-            enc.to(dtype)
-    return {"unet": unet, "vae": vae, "text_encoders": encoders, "is_sdxl": len(encoders) == 2}
+    return {"unet": unet, "vae": vae, "text_encoders": encoders}
 
 
 def count_flops(fn: Any) -> int:

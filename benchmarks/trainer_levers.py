@@ -105,7 +105,7 @@ def adamw_step_ab(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    unet = trainer_flops.build_models(trainer_flops.CONFIGS / "sd15")["unet"]
+    unet = trainer_flops.build_models(trainer_flops.CONFIGS / "sd15", unet_only=True)["unet"]
     trainer_flops.attach_trainer_lora(unet, args.rank, gradient_checkpointing=False)
     shapes = [tuple(p.shape) for p in unet.parameters() if p.requires_grad]
     variants = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
