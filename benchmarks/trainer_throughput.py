@@ -1,22 +1,23 @@
-"""Throughput benchmark for the LoRA trainer; prints ONE JSON object on its last line.
+"""Steps per second of our trainer against a reference loop; prints ONE JSON object on its last line.
 
-Default (tiny, CPU): builds the tiny SD 1.5 model in a temp dir and compares
-our ``train()`` against a reference loop written like diffusers'
-``examples/text_to_image/train_text_to_image_lora.py`` (per-step image
-transforms, VAE encode and text encode every step, peft LoRA on the same
-modules, AdamW), same data, resolution, batch, steps and seed::
+Ours is ``training_app.trainer.train`` (latents and text embeddings cached once, then UNet-only
+steps). The reference is a loop written here to do the per-step work of diffusers'
+``train_text_to_image_lora.py`` example and nothing slower: image resize/crop/flip, tokenize, VAE
+encode, text encode, noise, UNet forward/backward through peft LoRA on the same modules, gradient
+clipping, AdamW step, LR schedule step, zero_grad. Both get the same tiny SD 1.5 model (built from
+configs, random weights, nothing downloaded), images, rank, resolution, batch, steps and seed.
 
-    .venv/bin/python benchmarks/trainer_throughput.py [--steps 60 --warmup 10 --batch-size 2]
+Honest-measurement rules: torch threads pinned (``--threads``, default 1); ``--repetitions`` A/B pairs
+(default 5) run in this one process, the order alternating (AB, BA, ...) so drift hits both; warm-up
+steps are not timed; model loading (and for ours, caching) is timed separately and reported on the
+line before the last, never in steps/s. ``speedup_vs_reference`` is the median of the per-pair
+ratios, ``speedup_min``/``speedup_max`` their extremes; ``load_avg`` is ``os.getloadavg()`` at the
+end (the machine is shared: read the spread with it)::
 
-Full-size UNet step (``--arch sd15|sdxl``): a UNet with the published SD 1.5
-or SDXL-base config and random weights (nothing downloaded), LoRA attached the
-way the trainer does it, random latents/text embeddings of the right shapes
-(the VAE and text encoders are off the hot path once cached). Reports seconds
-per step, peak VRAM and MFU from a FlopCounterMode count of one forward+backward::
+    .venv/bin/python benchmarks/trainer_throughput.py [--repetitions 5 --steps 30 --warmup 5 --threads 1]
+    .venv/bin/python benchmarks/trainer_throughput.py --quick     # 2 pairs, a few steps: a smoke run
 
-    python benchmarks/trainer_throughput.py --device cuda --arch sd15 --resolution 512
-    python benchmarks/trainer_throughput.py --device cuda --arch sdxl --resolution 1024
-    python benchmarks/trainer_throughput.py --device cpu --arch sd15 --resolution 64 --steps 2   # smoke
+Full-size GPU figures (SD 1.5 / SDXL shapes) come from ``benchmarks/gpu_suite.sh``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -34,50 +35,18 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=2048,
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    transformer_layers_per_block=(1, 2, 10),
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
+CAPTION = "a photo of shape {}"
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+def pin_threads(threads: int) -> None:
+    """Pin torch's intra-op and (where still allowed) inter-op thread pools."""
+    import torch
 
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
-# ------------------------------------------------------------------ tiny: ours vs reference
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable before the first parallel work in this process
+        pass
 
 
 def draw_images(folder: Path, n: int = 4) -> list[Path]:
@@ -94,11 +63,27 @@ def draw_images(folder: Path, n: int = 4) -> list[Path]:
     return paths
 
 
+def steps_per_s(times: list[float], warmup: int) -> float:
+    """Rate over the step-end times after ``warmup`` steps (the first timed interval starts at warm-up's end)."""
+    timed = times[warmup - 1 :] if warmup > 0 else times
+    return (len(timed) - 1) / (timed[-1] - timed[0])
+
+
 def run_ours(model_dir: Path, paths: list[Path], out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from training_app.trainer import DatasetItem, ModelSpec, TrainConfig, TrainSpec, train
-    from training_app.trainer.reporter import RecordingReporter
+    from training_app.trainer.reporter import PHASE_TRAINING, RecordingReporter
 
     class Timed(RecordingReporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+            self.training_at: float | None = None
+
+        def phase(self, name: str, done: int = 0, total: int = 0) -> None:
+            super().phase(name, done, total)
+            if name == PHASE_TRAINING and self.training_at is None:
+                self.training_at = time.perf_counter()
+
         def step(self, step: int, total: int, loss: float, lr: float) -> None:
             super().step(step, total, loss, lr)
             self.times.append(time.perf_counter())
@@ -114,18 +99,20 @@ def run_ours(model_dir: Path, paths: list[Path], out: Path, args: argparse.Names
         flip_aug=True,
         max_grad_norm=1.0,
     )
-    items = tuple(DatasetItem(p, f"a photo of shape {i}") for i, p in enumerate(paths))
+    items = tuple(DatasetItem(p, CAPTION.format(i)) for i, p in enumerate(paths))
     rep = Timed()
-    rep.times = []
     t0 = time.perf_counter()
     train(TrainSpec(ModelSpec(model_dir, "sd15"), items, cfg, out, device=args.device), rep)
-    total = time.perf_counter() - t0
-    timed = rep.times[args.warmup - 1 :]
-    return {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "losses": rep.losses, "wall_s": total}
+    assert rep.training_at is not None
+    return {
+        "steps_per_s": steps_per_s(rep.times, args.warmup),
+        "setup_s": rep.training_at - t0,  # load + LoRA + latent/text caches
+        "losses": list(rep.losses),
+    }
 
 
 def run_reference(model_dir: Path, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
-    """The diffusers example's hot loop: transforms, VAE and text encoder run every step."""
+    """The example's per-step work: transforms, tokenize, VAE and text encoder every step, then the UNet step."""
     import random
 
     import torch
@@ -138,8 +125,8 @@ def run_reference(model_dir: Path, paths: list[Path], args: argparse.Namespace) 
 
     from datasets_app import imaging
 
+    t0 = time.perf_counter()
     torch.manual_seed(args.seed)
-    random.seed(args.seed)
     tok = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
     te = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").requires_grad_(False)
     vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae").requires_grad_(False)
@@ -157,8 +144,9 @@ def run_reference(model_dir: Path, paths: list[Path], args: argparse.Namespace) 
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     lr_sched = get_scheduler("constant", optimizer=opt, num_warmup_steps=0, num_training_steps=args.steps)
     images = [Image.open(p).convert("RGB") for p in paths]
-    captions = [f"a photo of shape {i}" for i in range(len(paths))]
+    captions = [CAPTION.format(i) for i in range(len(paths))]
     rng = random.Random(args.seed)
+    load_s = time.perf_counter() - t0
 
     def batch() -> tuple[Any, Any]:
         idx = rng.sample(range(len(images)), args.batch_size)
@@ -167,9 +155,7 @@ def run_reference(model_dir: Path, paths: list[Path], args: argparse.Namespace) 
             img, _ = imaging.resize_and_crop(images[i], args.resolution, args.resolution)
             if rng.random() < 0.5:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(
-                img.height, img.width, 3
-            )
+            t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width, 3)
             pix.append(t.permute(2, 0, 1).float() / 127.5 - 1)
         ids = tok(
             [captions[i] for i in idx],
@@ -198,177 +184,105 @@ def run_reference(model_dir: Path, paths: list[Path], args: argparse.Namespace) 
         opt.zero_grad()
         losses.append(loss.item())
         times.append(time.perf_counter())
-    timed = times[args.warmup - 1 :]
-    return {"steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]), "losses": losses}
+    return {"steps_per_s": steps_per_s(times, args.warmup), "setup_s": load_s, "losses": losses}
 
 
-def tiny_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the interleaved pairs; returns (the summary, the details)."""
     import torch
 
     from training_app.trainer.tiny import build_tiny_model
 
+    pin_threads(args.threads)
+    ours_rates, ref_rates, ratios = [], [], []
+    ours_setup, ref_setup = [], []
+    last: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = build_tiny_model(root / "model", "sd15", seed=0)
         paths = draw_images(root / "images")
-        ref = run_reference(model, paths, args)
-        ours = run_ours(model, paths, root / "out", args)
-    w = min(10, args.steps)
-    return {
-        "mode": "tiny",
+        for rep in range(args.repetitions):
+            order = ("reference", "ours") if rep % 2 == 0 else ("ours", "reference")
+            for which in order:
+                if which == "ours":
+                    last["ours"] = run_ours(model, paths, root / f"out{rep}", args)
+                else:
+                    last["reference"] = run_reference(model, paths, args)
+            ours, ref = last["ours"], last["reference"]
+            ours_rates.append(ours["steps_per_s"])
+            ref_rates.append(ref["steps_per_s"])
+            ratios.append(ours["steps_per_s"] / ref["steps_per_s"])
+            ours_setup.append(ours["setup_s"])
+            ref_setup.append(ref["setup_s"])
+    w = max(1, min(5, args.steps // 2))
+    details = {
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
-        "resolution": args.resolution,
-        "batch_size": args.batch_size,
+        "torch_interop_threads": torch.get_num_interop_threads(),
         "steps_timed": args.steps,
         "warmup_steps": args.warmup,
-        "steps_per_s": round(ours["steps_per_s"], 2),
-        "reference_steps_per_s": round(ref["steps_per_s"], 2),
-        "speedup_vs_reference": round(ours["steps_per_s"] / ref["steps_per_s"], 2),
-        "loss_first": round(_mean(ours["losses"][:w]), 4),
-        "loss_last": round(_mean(ours["losses"][-w:]), 4),
-        "reference_loss_first": round(_mean(ref["losses"][:w]), 4),
-        "reference_loss_last": round(_mean(ref["losses"][-w:]), 4),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "order": "alternating AB/BA pairs in one process",
+        "ours_steps_per_s_each": [round(x, 3) for x in ours_rates],
+        "reference_steps_per_s_each": [round(x, 3) for x in ref_rates],
+        "speedup_each": [round(x, 3) for x in ratios],
+        "ours_setup_s_median": round(_median(ours_setup), 3),
+        "reference_load_s_median": round(_median(ref_setup), 3),
+        "setup_note": "ours: load + LoRA + latent/text caches; reference: load + LoRA; neither is in steps/s",
+        "loss_first_last": [round(_mean(last["ours"]["losses"][:w]), 4), round(_mean(last["ours"]["losses"][-w:]), 4)],
+        "reference_loss_first_last": [
+            round(_mean(last["reference"]["losses"][:w]), 4),
+            round(_mean(last["reference"]["losses"][-w:]), 4),
+        ],
     }
-
-
-# ------------------------------------------------------------------ full-size UNet step
-
-
-def unet_step_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-    from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from training_app.trainer.config import TrainConfig
-    from training_app.trainer.lora import attach_lora
-    from training_app.trainer.losses import diffusion_loss
-    from training_app.trainer.noise import add_noise
-
-    device = torch.device(args.device)
-    on_cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if on_cuda else torch.float32
-    sdxl = args.arch == "sdxl"
-    torch.manual_seed(args.seed)
-    unet = UNet2DConditionModel(**(SDXL_UNET if sdxl else SD15_UNET))
-    cfg = TrainConfig(
-        rank=args.rank, resolution=args.resolution, gradient_checkpointing=args.gradient_checkpointing
-    )
-    attach_lora(unet, [], cfg)
-    unet.to(device)
-    for p in unet.parameters():  # frozen base in bf16, LoRA weights fp32 (as the trainer does on GPU)
-        p.data = p.data.float() if p.requires_grad else p.data.to(dtype)
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    acp = torch.linspace(0.9991, 0.0047, 1000, device=device)  # SD-like alphas_cumprod
-    lat = args.resolution // 8
-
-    def step(bsz: int) -> None:
-        latents = torch.randn(bsz, 4, lat, lat, device=device)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (bsz,), device=device)
-        hidden = torch.randn(bsz, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-        added = None
-        if sdxl:
-            added = {
-                "text_embeds": torch.randn(bsz, 1280, device=device, dtype=dtype),
-                "time_ids": torch.tensor(
-                    [[args.resolution] * 2 + [0, 0] + [args.resolution] * 2] * bsz, device=device, dtype=dtype
-                ),
-            }
-        ctx = torch.autocast("cuda", dtype=dtype) if on_cuda else torch.autocast("cpu", enabled=False)
-        with ctx:
-            pred = unet(
-                add_noise(latents, noise, acp, t).to(dtype), t, hidden, added_cond_kwargs=added
-            ).sample
-        diffusion_loss(pred, noise).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def sync() -> None:
-        if on_cuda:
-            torch.cuda.synchronize()
-
-    with FlopCounterMode(display=False) as counter:
-        step(1)
-    flops_b1 = counter.get_total_flops()
-    results = []
-    sizes = [int(b) for b in args.batch_sizes.split(",")] if on_cuda else [1]
-    for bsz in sizes:
-        try:
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats()
-            for _ in range(args.warmup if on_cuda else 1):
-                step(bsz)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(bsz)
-            sync()
-            s = (time.perf_counter() - t0) / args.steps
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            break
-        flops = flops_b1 * bsz
-        results.append(
-            {
-                "batch_size": bsz,
-                "s_per_step": round(s, 4),
-                "images_per_s": round(bsz / s, 2),
-                "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_cuda else None,
-                "tflops_per_step": round(flops / 1e12, 3),
-                "mfu": round(flops / s / (args.peak_tflops * 1e12), 4),
-            }
-        )
-    best = max(results, key=lambda r: r["images_per_s"])
-    return {
-        "mode": "unet_step",
-        "arch": args.arch,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
-        "resolution": args.resolution,
-        "dtype": str(dtype).replace("torch.", ""),
+    summary = {
+        "steps_per_s": round(_median(ours_rates), 3),
+        "reference_steps_per_s": round(_median(ref_rates), 3),
+        "speedup_vs_reference": round(_median(ratios), 3),
+        "speedup_min": round(min(ratios), 3),
+        "speedup_max": round(max(ratios), 3),
+        "threads": args.threads,
         "rank": args.rank,
-        "gradient_checkpointing": args.gradient_checkpointing,
-        "peak_tflops": args.peak_tflops,
-        **{k: v for k, v in results[0].items()},
-        "best": best,
-        "sweep": results,
-        "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
-        "lora_params_m": round(sum(p.numel() for p in params) / 1e6, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+        "repetitions": args.repetitions,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
+    return summary, details
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--arch", choices=("tiny", "sd15", "sdxl"), default="tiny")
-    ap.add_argument("--resolution", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--repetitions", type=int, default=5, help="A/B pairs (>= 5 for a figure)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-/inter-op threads")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--batch-sizes", default="1,2,4,8,16", help="sweep for full-size UNets on CUDA")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
-    ap.add_argument("--gradient-checkpointing", action="store_true")
-    args = ap.parse_args()
-    if args.arch == "tiny":
-        args.resolution = args.resolution or 64
-        args.warmup = 10 if args.warmup is None else max(1, args.warmup)
-        out = tiny_benchmark(args)
-    else:
-        args.resolution = args.resolution or (1024 if args.arch == "sdxl" else 512)
-        args.warmup = 3 if args.warmup is None else args.warmup
-        out = unet_step_benchmark(args)
-    print(json.dumps(out))
+    ap.add_argument("--quick", action="store_true", help="2 pairs of a few steps: a smoke run, not a figure")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repetitions, args.steps, args.warmup = 2, 3, 1
+    if args.repetitions < 1 or args.steps < 2 or args.warmup < 1:
+        ap.error("need --repetitions >= 1, --steps >= 2 and --warmup >= 1")
+    return args
+
+
+def main() -> None:
+    summary, details = benchmark(parse_args())
+    print(json.dumps(details))
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
