@@ -48,7 +48,14 @@ chromium:
 lint: install
 	$(BIN)/ruff check .
 
-# Browser tests run in their own invocation: Playwright's event loop cannot share a run with asyncio tests.
+# Browser tests run in their own invocation (Playwright's event loop cannot share a run with asyncio
+# tests), at the same time as the rest: each run has its own test database and folders, and most of
+# either waits on servers and browsers rather than the CPU. Their output follows the other run's.
 test: install chromium lint
-	$(BIN)/python -m pytest -m "not browser" --ignore=tests/e2e
-	$(BIN)/python -m pytest tests/e2e
+	@mkdir -p test-output
+	@$(BIN)/python -m pytest tests/e2e > test-output/browser-tests.log 2>&1 & browser=$$!; \
+	$(BIN)/python -m pytest -m "not browser" --ignore=tests/e2e; rest=$$?; \
+	wait $$browser; browsers=$$?; \
+	echo "--- browser tests (tests/e2e), run alongside; also in test-output/browser-tests.log ---"; \
+	cat test-output/browser-tests.log; \
+	exit $$(( rest || browsers ))
