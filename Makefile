@@ -48,14 +48,19 @@ chromium:
 lint: install
 	$(BIN)/ruff check .
 
-# Browser tests run in their own invocation (Playwright's event loop cannot share a run with asyncio
-# tests), at the same time as the rest: each run has its own test database and folders, and most of
-# either waits on servers and browsers rather than the CPU. Their output follows the other run's.
+# Three pytest runs at once: the trainer and jobs tests, the rest of the portal's, and the browser
+# tests (Playwright's event loop cannot share a run with asyncio tests). Each run has its own test
+# database and folders, and much of each waits on servers, workers and browsers rather than the CPU.
+# The two run alongside print their output after the first; every log stays in test-output/.
 test: install chromium lint
 	@mkdir -p test-output
-	@$(BIN)/python -m pytest tests/e2e > test-output/browser-tests.log 2>&1 & browser=$$!; \
-	$(BIN)/python -m pytest -m "not browser" --ignore=tests/e2e; rest=$$?; \
-	wait $$browser; browsers=$$?; \
-	echo "--- browser tests (tests/e2e), run alongside; also in test-output/browser-tests.log ---"; \
-	cat test-output/browser-tests.log; \
-	exit $$(( rest || browsers ))
+	@$(BIN)/python -m pytest tests/e2e > test-output/tests-browser.log 2>&1 & browser=$$!; \
+	$(BIN)/python -m pytest -m "not browser" --ignore=tests/e2e --ignore=tests/training \
+	  > test-output/tests-portal.log 2>&1 & portal=$$!; \
+	$(BIN)/python -m pytest -m "not browser" tests/training; training=$$?; \
+	wait $$portal; portal=$$?; wait $$browser; browser=$$?; \
+	for part in portal browser; do \
+	  echo "--- tests: $$part (run alongside; test-output/tests-$$part.log) ---"; cat test-output/tests-$$part.log; \
+	done; \
+	echo "exit codes: training $$training, portal $$portal, browser $$browser"; \
+	exit $$(( training || portal || browser ))

@@ -14,12 +14,23 @@ from django.views.decorators.http import require_GET
 
 from lorasite.broker import check_broker
 
+PROBE_CONNECT_TIMEOUT_SECONDS = 3
+
 
 def check_database() -> tuple[bool, str]:
+    """Postgres is asked over a connection of the probe's own, with a short connect timeout: a pooled
+    one would wait for the pool (DATABASE_POOL_TIMEOUT) through an outage, longer than a probe waits."""
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
+        if connection.vendor == "postgresql":
+            import psycopg
+
+            params = {**connection.get_connection_params(), "connect_timeout": PROBE_CONNECT_TIMEOUT_SECONDS}
+            with psycopg.connect(**params) as probe:
+                probe.execute("SELECT 1").fetchone()
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
         return True, connection.vendor
     except Exception as exc:
         return False, f"{connection.vendor} unreachable ({type(exc).__name__})"

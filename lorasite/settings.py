@@ -89,11 +89,14 @@ TEMPLATES = [
 # pile up, one per thread, until Postgres refuses clients. Postgres gets psycopg's pool instead:
 # at most DATABASE_POOL_SIZE connections per process (0: open and close one per request).
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8, minimum=0)
+# How long a request waits for a pooled connection: through a burst, a connection frees up in well
+# under a second; through an outage none comes, and the request answers 503 (Retry-After) after this.
+DATABASE_POOL_TIMEOUT = env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE:
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 30, "max_idle": 60,
+            "min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": DATABASE_POOL_TIMEOUT, "max_idle": 60,
         }
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 from django.contrib.auth import get_user_model
 from django.test import override_settings
@@ -17,6 +18,27 @@ from training_app.models import LossPoint
 from training_app.services import submit_job
 
 PASSWORD = "browser-pass-123"
+
+
+def wait_for_js(page, expression: str, arg=None, timeout: float = 30_000, interval: float = 0.1):
+    """`page.wait_for_function` without eval in the page. Playwright's in-page polling evaluates the
+    predicate with eval, which the portal's Content-Security-Policy refuses (no 'unsafe-eval', as it
+    should); `page.evaluate` goes through the DevTools protocol, which a page's policy does not govern.
+    A predicate that throws (an element not there yet) counts as not true yet."""
+    deadline = time.monotonic() + timeout / 1000
+    last_error = None
+    while True:
+        try:
+            value = page.evaluate(expression, arg)
+            last_error = None
+        except Exception as exc:
+            value, last_error = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout:.0f} ms: {expression}" +
+                               (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(interval)
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 

@@ -4,6 +4,7 @@ counts and Stats follow uploads, review clicks, caption edits and caption tools 
 from __future__ import annotations
 
 from datasets_app.models import Dataset, DatasetImage
+from tests.e2e.browsing import wait_for_js
 from tests.e2e.test_datasets import PASSWORD, cast, make_png
 
 
@@ -19,7 +20,7 @@ def stat(page, label: str) -> str:
 
 
 def wait_stat(page, label: str, value: str) -> None:
-    page.wait_for_function("""([label, value]) => {
+    wait_for_js(page, """([label, value]) => {
         const dt = Array.from(document.querySelectorAll('[data-live-panel="stats"] dt'))
             .find((d) => d.textContent.trim() === label);
         return dt && dt.nextElementSibling.textContent.trim() === value;
@@ -56,7 +57,7 @@ def test_counts_stats_and_grid_follow_every_change_live(browser, live_server_url
         page.locator("[data-summary-added]", has_text="3 added").wait_for(timeout=20_000)
         page.locator(".ds-card").nth(2).wait_for(timeout=10_000)
         assert page.locator(".ds-card").count() == 3
-        page.wait_for_function("document.querySelector('[data-live-panel=\"filter\"] a[href=\"?\"] .count')"
+        wait_for_js(page, "document.querySelector('[data-live-panel=\"filter\"] a[href=\"?\"] .count')"
                                ".textContent.trim() === '3'", timeout=10_000)
         assert stat(page, "Images") == "3"
         assert stat(page, "Captioned") == "1"
@@ -66,7 +67,7 @@ def test_counts_stats_and_grid_follow_every_change_live(browser, live_server_url
         pending = count(page, "pending")
         first = page.locator(".ds-card").first
         first.locator("[data-review=approved]").click()
-        page.wait_for_function("document.querySelector('[data-live-panel=\"filter\"] a[href=\"?state=approved\"]"
+        wait_for_js(page, "document.querySelector('[data-live-panel=\"filter\"] a[href=\"?state=approved\"]"
                                " .count').textContent.trim() === '1'", timeout=10_000)
         assert count(page, "pending") == pending - 1
         assert stat(page, "Approved") == "1"
@@ -91,7 +92,7 @@ def test_counts_stats_and_grid_follow_every_change_live(browser, live_server_url
         # The new cards answer review clicks too (their handlers are bound after the refresh).
         last = page.locator(".ds-card").last
         last.locator("[data-review=rejected]").click()
-        page.wait_for_function("document.querySelector('[data-live-panel=\"filter\"] a[href=\"?state=rejected\"]"
+        wait_for_js(page, "document.querySelector('[data-live-panel=\"filter\"] a[href=\"?state=rejected\"]"
                                " .count').textContent.trim() === '1'", timeout=10_000)
         screenshot(page, f"dataset-live-{name}")
         wide = page.evaluate("""(w) => Array.from(document.querySelectorAll('body *'))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from tests.e2e.browsing import cast, no_horizontal_overflow, sign_in, wait_for_status
+from tests.e2e.browsing import cast, no_horizontal_overflow, sign_in, wait_for_js, wait_for_status
 from training_app.models import JobStatus, TrainingJob
 from training_app.services import submit_job
 
@@ -34,7 +34,7 @@ def test_buttons_act_in_place_and_the_page_stays_true(browser, live_server_url, 
         page.goto(f"{live_server_url}/teams/alpha/jobs/{job.uuid}/")
         # Survives only as long as the page is not reloaded.
         page.evaluate("window.notReloaded = true")
-    desktop.wait_for_function("Number(document.querySelector('[data-step]').textContent) > 0", timeout=180_000)
+    wait_for_js(desktop, "Number(document.querySelector('[data-step]').textContent) > 0", timeout=180_000)
 
     # Sample now (desktop): a message at once, then the sample itself, and the message says so.
     desktop.get_by_role("button", name="Sample now").click()
@@ -84,7 +84,7 @@ def test_buttons_act_in_place_and_the_page_stays_true(browser, live_server_url, 
         timeout=5_000)
     for page in (desktop, phone):
         wait_for_status(page, "running", job)
-    desktop.wait_for_function("window.attempts[window.attempts.length - 1] === '1'", timeout=10_000)
+    wait_for_js(desktop, "window.attempts[window.attempts.length - 1] === '1'", timeout=10_000)
     assert "0" in desktop.evaluate("window.attempts")
     assert phone.locator("[data-attempts]").inner_text() == "1"
     screenshot(desktop, "job-retried-desktop")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.e2e.browsing import cast, finished_job, no_horizontal_overflow, sign_in
+from tests.e2e.browsing import cast, finished_job, no_horizontal_overflow, sign_in, wait_for_js
 
 # The label font uPlot draws axes with (its default).
 AXIS_FONT = '12px system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans", sans-serif'
@@ -44,13 +44,13 @@ def test_the_loss_chart_has_whole_step_ticks_a_titled_lr_chart_and_a_log_scale_t
 
     # A few steps over a wide axis: still only whole steps.
     page.goto(f"{live_server_url}/teams/alpha/jobs/{short.uuid}/")
-    page.wait_for_function("document.querySelector('[data-loss-chart]').dataset.xTicks")
+    wait_for_js(page, "document.querySelector('[data-loss-chart]').dataset.xTicks")
     few = page.locator("[data-loss-chart]").evaluate(TICKS_FIT, AXIS_FONT)
     assert few["labels"] and all(label.isdigit() for label in few["labels"]), few
 
     page.goto(f"{live_server_url}/teams/alpha/jobs/{job.uuid}/")
     chart = page.locator("[data-loss-chart]")
-    page.wait_for_function("document.querySelector('[data-loss-chart]').uplot && "
+    wait_for_js(page, "document.querySelector('[data-loss-chart]').uplot && "
                            "document.querySelector('[data-loss-chart]').dataset.xTicks")
     assert chart.get_attribute("data-points") == "60"
 
@@ -65,7 +65,7 @@ def test_the_loss_chart_has_whole_step_ticks_a_titled_lr_chart_and_a_log_scale_t
 
     linear = chart.evaluate(LOSS_SPREAD)
     page.get_by_label("log scale").check()
-    page.wait_for_function("document.querySelector('[data-loss-chart]').uplot.scales.y.distr === 3")
+    wait_for_js(page, "document.querySelector('[data-loss-chart]').uplot.scales.y.distr === 3")
     log = chart.evaluate(LOSS_SPREAD)
     # Log scale draws the same loss over most of the plot, as linear does, with ticks in its range.
     assert log["span"] >= 0.6 * log["height"], (log, linear)

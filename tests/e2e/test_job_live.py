@@ -5,7 +5,7 @@ loss chart that holds every step's point, not only those that fell on a throttle
 
 from __future__ import annotations
 
-from tests.e2e.browsing import cast, no_horizontal_overflow, sign_in, wait_for_status
+from tests.e2e.browsing import cast, no_horizontal_overflow, sign_in, wait_for_js, wait_for_status
 from training_app.models import JobStatus, TrainingJob
 from training_app.services import submit_job
 
@@ -49,7 +49,7 @@ def test_a_new_job_shows_its_phases_a_settling_eta_and_every_point_live(browser,
     screenshot(desktop, "job-phase-desktop")
     for _context, page, _console in pages.values():
         wait_for_status(page, "completed", job, timeout=300_000)
-        page.wait_for_function(f"document.querySelector('[data-loss-chart]').dataset.points === '{STEPS}'",
+        wait_for_js(page, f"document.querySelector('[data-loss-chart]').dataset.points === '{STEPS}'",
                                timeout=10_000)
 
     assert TrainingJob.objects.get(pk=job.pk).status == JobStatus.COMPLETED

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.browsing import cast, finished_job, no_horizontal_overflow, sign_in
+from tests.e2e.browsing import cast, finished_job, no_horizontal_overflow, sign_in, wait_for_js
 
 SERIES_STYLES = """(el) => el.uplot.series.slice(1).map((s) => ({
   label: s.label, stroke: typeof s.stroke === "function" ? s.stroke(el.uplot, 1) : s.stroke, dash: s.dash || []}))"""
@@ -48,7 +48,7 @@ def test_same_name_jobs_are_told_apart_on_the_dashboard_and_compare(browser, liv
         page.locator(".compare-pick label", has_text=job_id).locator("input").check()
     page.get_by_role("button", name="Compare").click()
     chart = page.locator("[data-compare-chart]")
-    page.wait_for_function("document.querySelector('[data-compare-chart]').uplot")
+    wait_for_js(page, "document.querySelector('[data-compare-chart]').uplot")
     styles = chart.evaluate(SERIES_STYLES)
     assert len(styles) == 2
     assert styles[0]["stroke"] != styles[1]["stroke"] and styles[0]["dash"] != styles[1]["dash"], styles

@@ -10,6 +10,7 @@ from django.test import override_settings
 
 from lorasite.accounts.models import Membership, Role, Team
 from tests.conftest import make_dataset
+from tests.e2e.browsing import wait_for_js
 from tests.services import (
     bin_path,
     free_port,
@@ -57,7 +58,7 @@ def test_job_page_reconnects_and_resyncs_after_a_server_restart(browser, transac
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url("**/teams/alpha/")
         page.goto(f"{base}/teams/alpha/jobs/{job.uuid}/")
-        page.wait_for_function("Number(document.querySelector('[data-step]').textContent) > 0", timeout=90_000)
+        wait_for_js(page, "Number(document.querySelector('[data-step]').textContent) > 0", timeout=90_000)
 
         stop_process(web)
         page.locator("[data-live-state]", has_text="reconnecting").wait_for(timeout=10_000)
@@ -66,7 +67,7 @@ def test_job_page_reconnects_and_resyncs_after_a_server_restart(browser, transac
         wait_for_port(port, web)
         page.locator("[data-live-state].live").wait_for(timeout=40_000)
         # The snapshot after reconnecting brings the steps trained while the server was away.
-        page.wait_for_function(f"Number(document.querySelector('[data-step]').textContent) > {before}", timeout=30_000)
+        wait_for_js(page, f"Number(document.querySelector('[data-step]').textContent) > {before}", timeout=30_000)
         # ...and the chart holds every point up to the step shown before the restart, not only those
         # streamed since. (Points are streamed at once but written about once a second, so they are
         # counted now, not when the server stopped: by now the worker has written them.)

@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 
 from tests.conftest import make_dataset
+from tests.e2e.browsing import wait_for_js
 from tests.e2e.test_training import cast, fill_form, sign_in
 from tests.fakes.comfyui_server import FakeComfyUI
 from tests.services import (
@@ -65,7 +66,7 @@ def test_a_member_starts_a_comfyui_training_from_the_form(browser, remote_portal
     fill_form(page, "Shapes", resolution=64, max_steps=30, batch_size=1)
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url("**/teams/alpha/jobs/*/")
-    page.wait_for_function("Number(document.querySelector('[data-step]').textContent) > 0", timeout=60_000)
+    wait_for_js(page, "Number(document.querySelector('[data-step]').textContent) > 0", timeout=60_000)
     page.locator("[data-status]", has_text="completed").wait_for(timeout=120_000)
     screenshot(page, "remote-comfyui-job")
     link = page.get_by_role("link", name="Download kohya / A1111 / ComfyUI")

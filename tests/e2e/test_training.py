@@ -14,6 +14,7 @@ from django.test import override_settings
 from PIL import Image, ImageDraw
 
 from lorasite.accounts.models import Membership, Role, Team
+from tests.e2e.browsing import wait_for_js
 from tests.services import (
     bin_path,
     free_port,
@@ -113,7 +114,7 @@ def test_a_member_trains_from_the_browser_and_an_outsider_sees_nothing(browser, 
     page.locator(".team-nav").get_by_role("link", name="New training").click()
     page.get_by_label("Base model").select_option("tiny-sd15")
     # The form starts from the dataset's own settings.
-    page.wait_for_function("document.querySelector('[data-key=\"trigger_word\"]').value === 'shp'")
+    wait_for_js(page, "document.querySelector('[data-key=\"trigger_word\"]').value === 'shp'")
     assert page.locator('[data-key="resolution"]').input_value() == "512"
     fill_form(page, "Shapes", resolution=64, max_steps=150, batch_size=2, sample_every_n_steps=75,
               sample_prompts="shp, a white circle", learning_rate="0.003")
@@ -124,12 +125,12 @@ def test_a_member_trains_from_the_browser_and_an_outsider_sees_nothing(browser, 
     job = TrainingJob.objects.get()
 
     # Live: the step counter and the chart move without a reload, the sample appears, it completes.
-    page.wait_for_function("Number(document.querySelector('[data-step]').textContent) > 0", timeout=90_000)
+    wait_for_js(page, "Number(document.querySelector('[data-step]').textContent) > 0", timeout=90_000)
     first_seen = int(page.locator("[data-step]").inner_text())
     points_then = int(page.locator("[data-loss-chart]").get_attribute("data-points") or 0)
-    page.wait_for_function(f"Number(document.querySelector('[data-step]').textContent) > {first_seen}", timeout=60_000)
+    wait_for_js(page, f"Number(document.querySelector('[data-step]').textContent) > {first_seen}", timeout=60_000)
     # The chart grows from the live messages, not from a reload.
-    page.wait_for_function(f"Number(document.querySelector('[data-loss-chart]').dataset.points) > {points_then}",
+    wait_for_js(page, f"Number(document.querySelector('[data-loss-chart]').dataset.points) > {points_then}",
                            timeout=60_000)
     page.locator("[data-status]", has_text="completed").wait_for(timeout=120_000)
     assert page.locator("[data-loss-chart] canvas").count() == 1
