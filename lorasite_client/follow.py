@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
@@ -14,8 +14,15 @@ from websockets.sync.client import connect
 from lorasite_client.errors import ConnectionFailed, NotFoundError, PermissionDeniedError
 from lorasite_client.models import JobMessage
 
-if TYPE_CHECKING:
-    from lorasite_client.client import Client
+
+class JobSource(Protocol):
+    """What following needs of a `Client` (named here so this module does not import the client's)."""
+
+    base_url: str
+    token: str
+    timeout: float
+
+    def get_job(self, job_id: str) -> Any: ...
 
 # The job consumer's close codes: the socket's user cannot see the job (or no longer may).
 CLOSE_NOT_FOUND = 4404
@@ -31,7 +38,7 @@ def websocket_url(base_url: str, path: str) -> str:
     return base + path
 
 
-def follow_job(client: Client, job_id: str, *, idle_seconds: float = 30.0, reconnect_delay: float = 0.5,
+def follow_job(client: JobSource, job_id: str, *, idle_seconds: float = 30.0, reconnect_delay: float = 0.5,
                max_reconnect_delay: float = 10.0, max_attempts: int = 30,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[JobMessage]:
     """Yield the job's messages until it completes, fails or is cancelled.
