@@ -6,12 +6,12 @@ from pathlib import Path
 from uuid import UUID
 
 from django.conf import settings
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from ninja import Query, Router, Status
 
 from lorasite.accounts import access
 from lorasite.errors import InvalidInput, NotFound
-from training_app import services
+from training_app import job_exports, services
 from training_app.artifacts import artifact_url, download_filename
 from training_app.backends import replicate_hooks
 from training_app.backends.registry import backends_for
@@ -200,6 +200,26 @@ def download_weights(request, job_id: UUID, layout: str = "kohya"):
         raise NotFound("This job has no LoRA file yet.")
     return _file_response(artifact)
 
+
+
+@router.get("/jobs/{job_id}/loss.csv")
+def loss_csv(request, job_id: UUID):
+    """Every stored loss point: step, loss, smoothed loss (the mean of the last 50), learning rate, time."""
+    job = services.get_job(request.user, job_id)
+    response = HttpResponse(job_exports.loss_csv(job), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{job_exports.job_file_stem(job)}-loss.csv"'
+    return response
+
+
+@router.get("/jobs/{job_id}/tensorboard.zip")
+def tensorboard_log(request, job_id: UUID):
+    """A TensorBoard log of the job (loss, smoothed loss, learning rate, samples): unzip, then
+    `tensorboard --logdir .`"""
+    job = services.get_job(request.user, job_id)
+    name, data = job_exports.tensorboard_zip(job)
+    response = HttpResponse(data, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
 
 
 @router.post("/webhooks/replicate/{config_id}", auth=None, response=WebhookReceiptOut)
