@@ -48,16 +48,18 @@ chromium:
 lint: install
 	$(BIN)/ruff check .
 
-# Three pytest runs at once: the trainer and jobs tests, the rest of the portal's, and the browser
-# tests (Playwright's event loop cannot share a run with asyncio tests). Each run has its own test
-# database and folders, and much of each waits on servers, workers and browsers rather than the CPU.
-# The two run alongside print their output after the first; every log stays in test-output/.
+# Three pytest runs at once: the trainer and jobs tests; the rest of the portal's with the remote
+# backends'; and the browser tests (Playwright's event loop cannot share a run with asyncio tests).
+# Each run has its own test database and folders, and much of each waits on servers, workers and
+# browsers rather than the CPU. The two run alongside print their output after the first; every log
+# stays in test-output/.
+REMOTE_TESTS := $(wildcard tests/training/test_replicate*.py tests/training/test_comfyui*.py tests/training/test_remote*.py)
 test: install chromium lint
 	@mkdir -p test-output
 	@$(BIN)/python -m pytest tests/e2e > test-output/tests-browser.log 2>&1 & browser=$$!; \
-	$(BIN)/python -m pytest -m "not browser" --ignore=tests/e2e --ignore=tests/training \
+	$(BIN)/python -m pytest -m "not browser" tests/datasets tests/foundation $(REMOTE_TESTS) \
 	  > test-output/tests-portal.log 2>&1 & portal=$$!; \
-	$(BIN)/python -m pytest -m "not browser" tests/training; training=$$?; \
+	$(BIN)/python -m pytest -m "not browser" tests/training $(addprefix --ignore=,$(REMOTE_TESTS)); training=$$?; \
 	wait $$portal; portal=$$?; wait $$browser; browser=$$?; \
 	for part in portal browser; do \
 	  echo "--- tests: $$part (run alongside; test-output/tests-$$part.log) ---"; cat test-output/tests-$$part.log; \
