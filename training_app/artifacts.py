@@ -6,7 +6,6 @@ so the portal never guesses file layouts.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from django.conf import settings
 
 from training_app.models import Artifact, ArtifactKind, TrainingJob
+from training_app.trainer.model_hash import sha256_file
 
 # The trainer's names for the layouts it writes (it imports no Django) -> the portal's artifact kinds.
 LORA_ARTIFACT_KINDS = {"kohya": ArtifactKind.LORA_KOHYA, "diffusers": ArtifactKind.LORA_DIFFUSERS}
@@ -46,14 +46,6 @@ def artifact_url(artifact: Artifact) -> str:
     return f"/api/jobs/{artifact.job.uuid}/artifacts/{artifact.uuid}/download"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def media_relative(path: Path) -> str:
     return str(Path(path).resolve().relative_to(Path(settings.MEDIA_ROOT).resolve()))
 
@@ -63,7 +55,7 @@ def record_artifact(job: TrainingJob, kind: str, path: Path, step: int | None = 
     """Register a file under MEDIA_ROOT as a job artifact (size + sha256); `replace` keeps one of the kind."""
     path = Path(path)
     fields = {"path": media_relative(path), "size_bytes": path.stat().st_size, "step": step, "prompt": prompt,
-              "sha256": file_sha256(path) if path.is_file() else ""}
+              "sha256": sha256_file(path) if path.is_file() else ""}
     if replace:
         artifact, _ = Artifact.objects.update_or_create(job=job, kind=kind, defaults=fields)
     else:

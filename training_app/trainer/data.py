@@ -32,6 +32,7 @@ from PIL import Image
 from datasets_app import imaging
 
 from .config import DatasetItem, TrainConfig, TrainerConfigError
+from .model_hash import sha256_file
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,6 @@ class PreparedImage:
     crop_top_left: tuple[int, int]  # in the resized image, before any flip
     scaled_width: int
     file_sha256: str
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def buckets_for(cfg: TrainConfig) -> list[tuple[int, int]]:
@@ -93,7 +86,7 @@ def prepare_images(items: Sequence[DatasetItem], cfg: TrainConfig) -> list[Prepa
                 bucket=(bw, bh),
                 crop_top_left=((sh - bh) // 2, (sw - bw) // 2),
                 scaled_width=sw,
-                file_sha256=_sha256_file(item.path),
+                file_sha256=sha256_file(item.path),
             )
         )
     return out
