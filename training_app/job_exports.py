@@ -37,10 +37,14 @@ def loss_rows(job: TrainingJob) -> list[tuple[int, float, float, float | None, f
 
 
 def loss_csv(job: TrainingJob) -> str:
+    return _csv_text(loss_rows(job))
+
+
+def _csv_text(rows: list[tuple[int, float, float, float | None, float]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for step, loss, smoothed, lr, at in loss_rows(job):
+    for step, loss, smoothed, lr, at in rows:
         writer.writerow([step, repr(loss), repr(smoothed), "" if lr is None else repr(lr), f"{at:.3f}"])
     return out.getvalue()
 
@@ -55,13 +59,16 @@ def _sample_images(job: TrainingJob) -> list[ImageEntry]:
         if root not in path.parents or not path.is_file():
             continue  # a sample whose file is gone is left out, not an error
         with Image.open(path) as image:
-            image.load()
-            png = io.BytesIO()
-            image.convert("RGB").save(png, format="PNG")
             width, height = image.size
+            if image.format == "PNG":  # the trainer's samples are: send their bytes as they are
+                png = path.read_bytes()
+            else:
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, format="PNG")
+                png = buffer.getvalue()
         # One image series per prompt, in the order the prompts first appear.
         index = prompts.setdefault(artifact.prompt, len(prompts))
-        entries.append(ImageEntry(tag=f"samples/prompt_{index}", step=artifact.step or 0, png=png.getvalue(),
+        entries.append(ImageEntry(tag=f"samples/prompt_{index}", step=artifact.step or 0, png=png,
                                   width=width, height=height, wall_time=artifact.created_at.timestamp()))
     return entries
 
@@ -81,5 +88,5 @@ def tensorboard_zip(job: TrainingJob) -> tuple[str, bytes]:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.write(event_file, f"{stem}/{event_file.name}")
-            archive.writestr(f"{stem}/loss.csv", loss_csv(job))
+            archive.writestr(f"{stem}/loss.csv", _csv_text(rows))
     return f"{stem}-tensorboard.zip", buffer.getvalue()
