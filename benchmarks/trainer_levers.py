@@ -151,21 +151,10 @@ LEVERS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levers", default=",".join(LEVERS))
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repetitions", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
+    trainer_throughput.add_run_arguments(ap)
     ap.add_argument("--adamw-step", action="store_true", help="time the optimizer step alone (see above)")
     args = ap.parse_args()
-    if args.quick:
-        args.repetitions, args.steps, args.warmup = 2, 3, 1
+    trainer_throughput.apply_quick(args)
     names = [n for n in args.levers.split(",") if n]
     unknown = {part for n in names for part in n.split("+")} - set(LEVERS)
     if unknown:

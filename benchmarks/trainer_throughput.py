@@ -258,8 +258,8 @@ def benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     return summary, details
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of one timed tiny-model run, shared with trainer_levers.py."""
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repetitions", type=int, default=5, help="A/B pairs (>= 5 for a figure)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-/inter-op threads")
@@ -271,9 +271,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2 pairs of a few steps: a smoke run, not a figure")
-    args = ap.parse_args(argv)
+
+
+def apply_quick(args: argparse.Namespace) -> None:
     if args.quick:
         args.repetitions, args.steps, args.warmup = 2, 3, 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(ap)
+    args = ap.parse_args(argv)
+    apply_quick(args)
     if args.repetitions < 1 or args.steps < 2 or args.warmup < 1:
         ap.error("need --repetitions >= 1, --steps >= 2 and --warmup >= 1")
     return args
