@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -97,6 +100,37 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> str:
             process.kill()
             process.wait()
     return process.stdout.read() if process.stdout else ""
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+@dataclass
+class ServedPortal:
+    url: str
+    log: str = ""  # everything the server printed, once it has stopped
+
+
+@contextmanager
+def serve_portal(env: dict[str, str]) -> Iterator[ServedPortal]:
+    """`manage.py serve` (embedded mode: daphne + in-process worker threads) on a free port; stopped on
+    exit, its output then in `.log`."""
+    port = free_port()
+    portal = ServedPortal(f"http://127.0.0.1:{port}")
+    process = start_process([sys.executable, "manage.py", "serve", "--port", str(port)], env)
+    try:
+        wait_for_port(port, process, timeout=60)
+        yield portal
+    finally:
+        portal.log = stop_process(process)
 
 
 def bin_path(name: str) -> str:

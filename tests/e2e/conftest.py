@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import IN_CI, REPO, free_port, production_env, start_process, stop_process, wait_for_port
+from tests.services import IN_CI, REPO, production_env, serve_portal
 
 # Playwright's sync API keeps an event loop running in this thread; the ORM calls that set up test
 # data here are still plain synchronous calls.
@@ -54,16 +54,11 @@ def browser(chromium_path):
 @pytest.fixture
 def live_server_url(transactional_db):
     """The portal in embedded mode (stub broker + worker threads) on a free port, on the test database."""
-    port = free_port()
-    env = production_env(PORT=str(port), ALLOWED_HOSTS="127.0.0.1,localhost", SERVE_STATIC="true")
-    process = start_process([sys.executable, "manage.py", "serve", "--port", str(port)], env)
-    try:
-        wait_for_port(port, process, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        log = stop_process(process)
-        if "Traceback" in log:
-            print(log)
+    env = production_env(ALLOWED_HOSTS="127.0.0.1,localhost", SERVE_STATIC="true")
+    with serve_portal(env) as portal:
+        yield portal.url
+    if "Traceback" in portal.log:
+        print(portal.log)
 
 
 @pytest.fixture

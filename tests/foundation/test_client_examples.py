@@ -35,7 +35,7 @@ from tests.services import (
     bin_path,
     free_port,
     production_env,
-    start_process,
+    serve_portal,
     stop_process,
     wait_for_port,
 )
@@ -53,14 +53,9 @@ def portal_url(settings, tiny_base_model):
                          ALLOWED_HOSTS="127.0.0.1")
     env.pop("REDIS_URL", None)
     env.pop("RABBITMQ_URL", None)
-    port = free_port()
-    server = start_process([sys.executable, "manage.py", "serve", "--port", str(port)], env)
-    try:
-        wait_for_port(port, server, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        log = stop_process(server)
-        assert "Traceback" not in log, log
+    with serve_portal(env) as portal:
+        yield portal.url
+    assert "Traceback" not in portal.log, portal.log
 
 
 @pytest.fixture

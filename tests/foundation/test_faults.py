@@ -1,9 +1,7 @@
 """Faults on real services, for one daphne behind a loopback proxy (tests/faults.py) while the shared
-servers go on serving every other test: Postgres goes away and comes back."""
+servers go on serving every other test: Postgres, or Redis, goes away and comes back."""
 
 from __future__ import annotations
-
-import time
 
 import httpx
 import pytest
@@ -13,18 +11,9 @@ from django.test import Client
 
 from lorasite.accounts.models import ApiToken
 from tests.faults import CuttableProxy
-from tests.services import RedisStack
+from tests.services import RedisStack, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def wait_until(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.25)
 
 
 def test_a_postgres_outage_answers_503_at_once_and_the_portal_recovers_without_a_restart(settings, member, team_a):

@@ -12,18 +12,10 @@ import pytest
 from lorasite.accounts.models import ApiToken
 from lorasite.broker import build_broker, get_broker
 from lorasite.core.models import WorkerNode
+from tests.services import wait_until
 from training_app.models import JobStatus, TrainingJob
 
 TINY = {"resolution": 64, "batch_size": 2, "rank": 4, "max_steps": 2}
-
-
-def _wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _submit(port, token, dataset) -> str:
@@ -44,14 +36,14 @@ def test_a_message_lost_in_a_broker_restart_is_resent_within_seconds(member, dat
     job_id = _submit(port, token, dataset_a)
     page = httpx.get(f"http://127.0.0.1:{port}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
     assert page.json()["waiting_for"] == "waiting for a worker on queue gpu"
-    assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 1, 10)
+    assert wait_until(lambda: client.hlen(f"{namespace}:gpu.msgs") == 1, 10)
     # The broker restarts without persistence: the job's message is gone, the row still says queued.
     for key in client.scan_iter(f"{namespace}:*"):
         client.delete(key)
     redis_stack.start_worker("gpu", "default")
-    started = _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status != JobStatus.QUEUED, 60)
+    started = wait_until(lambda: TrainingJob.objects.get(uuid=job_id).status != JobStatus.QUEUED, 60)
     assert started, "the job was never re-sent"
-    assert _wait_for(lambda: TrainingJob.objects.get(uuid=job_id).status == JobStatus.COMPLETED, 120)
+    assert wait_until(lambda: TrainingJob.objects.get(uuid=job_id).status == JobStatus.COMPLETED, 120)
     job = TrainingJob.objects.get(uuid=job_id)
     assert job.attempts == 1
 
@@ -65,11 +57,11 @@ def test_messages_waiting_in_redis_are_not_sent_again(member, dataset_a, tiny_ba
     port = redis_stack.start_web()
     client, namespace = redis_stack.redis, redis_stack.namespace
     jobs = [_submit(port, token, dataset_a) for _ in range(2)]
-    assert _wait_for(lambda: client.hlen(f"{namespace}:gpu.msgs") == 2, 10)
+    assert wait_until(lambda: client.hlen(f"{namespace}:gpu.msgs") == 2, 10)
     sent = dict(TrainingJob.objects.filter(uuid__in=jobs).values_list("uuid", "dispatch_message_id"))
     # A worker that runs the reconciler but takes nothing from the gpu queue, as when all GPUs are busy.
     redis_stack.start_worker("default")
-    assert _wait_for(lambda: WorkerNode.objects.filter(queues=["default"]).exists(), 30)
+    assert wait_until(lambda: WorkerNode.objects.filter(queues=["default"]).exists(), 30)
     time.sleep(4)  # four reconciler rounds, each well past the 1 s grace
     assert client.hlen(f"{namespace}:gpu.msgs") == 2
     assert dict(TrainingJob.objects.filter(uuid__in=jobs).values_list("uuid", "dispatch_message_id")) == sent
